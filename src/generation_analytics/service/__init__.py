@@ -1,0 +1,1 @@
+"""The server side: capture, transfer, aggregation, queries, scheduling and the gRPC/HTTP front ends."""

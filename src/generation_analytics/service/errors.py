@@ -1,0 +1,28 @@
+"""The service's exceptions; `rpc.py` maps each one to a gRPC status code, and `gateway.py` to HTTP."""
+
+from __future__ import annotations
+
+
+class AnalyticsError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class InvalidArgument(AnalyticsError):
+    """A request field holds a value the contract does not allow."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(AnalyticsError):
+    """The thing asked for does not exist."""
+
+
+class Unavailable(AnalyticsError):
+    """A dependency (Redis or Postgres) cannot be reached; the caller may retry."""
+
+
+class ResourceExhausted(AnalyticsError):
+    """The service refuses more work for now (e.g. the stream backlog is full); retry later."""

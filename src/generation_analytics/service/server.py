@@ -1,0 +1,93 @@
+"""The gRPC server: services, health, reflection, limits, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from generation_analytics.service.rpc import EventServicer
+from generation_analytics.service.runtime import Runtime, start_embedded
+from generation_analytics.service.settings import Settings
+from generation_analytics.v1 import analytics_pb2, events_pb2, events_pb2_grpc, pipeline_pb2
+
+log = logging.getLogger(__name__)
+
+# The asyncio health servicer; grpc-stubs do not know `health.aio` yet.
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+SERVICE_NAMES = (
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+    pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
+)
+
+
+@dataclass
+class GrpcServer:
+    """A started gRPC server and the port it listens on."""
+
+    server: grpc.aio.Server
+    health: Any
+    port: int
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for up to `grace_s`, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> GrpcServer:
+    """Build and start the gRPC server for `runtime` on `listen_addr` (default: the settings')."""
+    limits = runtime.settings.limits
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(runtime.capture), server)
+
+    health_servicer = AsyncHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    addr = listen_addr or runtime.settings.server.listen_addr
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {addr}")
+    await server.start()
+    log.info("gRPC listening on %s (port %d)", addr, port)
+    return GrpcServer(server=server, health=health_servicer, port=port)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the whole service until SIGTERM/SIGINT: embedded servers if needed, migrations, gRPC."""
+    loop = asyncio.get_running_loop()
+    settings, embedded = await asyncio.to_thread(start_embedded, settings)
+    try:
+        runtime = await Runtime.open(settings)
+        try:
+            grpc_server = await start_grpc(runtime)
+            stop = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            log.info("serving; SIGTERM or Ctrl-C stops")
+            await stop.wait()
+            log.info("shutting down (grace %.1f s)", settings.server.shutdown_grace_s)
+            await grpc_server.stop(settings.server.shutdown_grace_s)
+        finally:
+            await runtime.close()
+    finally:
+        await asyncio.to_thread(embedded.stop)

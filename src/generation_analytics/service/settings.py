@@ -1,0 +1,220 @@
+"""Settings for every dependency, read from the environment in exactly one place (`load_settings`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+
+def _hide_password(url: str) -> str:
+    """Return `url` (a URL or a libpq key=value string) with any password replaced by `***`."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresSettings:
+    """Where Postgres is and how many connections to hold. An empty `dsn` means "start an embedded one"."""
+
+    dsn: str = ""
+    pool_min_size: int = 1
+    pool_max_size: int = 8
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def from_dsn(cls, dsn: str, **kwargs: object) -> PostgresSettings:
+        return cls(dsn=dsn, **kwargs)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"PostgresSettings(dsn={_hide_password(self.dsn)!r}, pool={self.pool_min_size}..{self.pool_max_size})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    """Where Redis is and the key namespace. An empty `url` means "start an embedded one"."""
+
+    url: str = ""
+    namespace: str = "ga"
+    # Recording must fail fast (UNAVAILABLE) rather than hang when Redis is gone.
+    socket_timeout_s: float = 1.0
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: object) -> RedisSettings:
+        return cls(url=url, **kwargs)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"RedisSettings(url={_hide_password(self.url)!r}, namespace={self.namespace!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitSettings:
+    """Input limits enforced by capture; documented in the proto and the README."""
+
+    max_batch_events: int = 10_000
+    max_string_chars: int = 128
+    max_error_message_chars: int = 4_096
+    max_attributes: int = 32
+    max_attribute_key_chars: int = 64
+    max_attribute_value_chars: int = 1_024
+    max_future_skew_s: int = 300
+    max_duration_ms: int = 7 * 24 * 3600 * 1000
+    max_batch_size: int = 10_000
+    max_message_bytes: int = 16 * 1024 * 1024
+    # Refuse new events (RESOURCE_EXHAUSTED) when this many entries wait in the stream.
+    max_stream_backlog: int = 5_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Network front ends."""
+
+    listen_addr: str = "127.0.0.1:50051"
+    http_addr: str = "127.0.0.1:8001"
+    shutdown_grace_s: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+    """Transfer, aggregation and retention: batch sizes, budgets and schedules."""
+
+    scheduler_enabled: bool = True
+    transfer_interval_s: float = 2.0
+    aggregation_interval_s: float = 3.0
+    retention_interval_s: float = 3600.0
+    transfer_batch_size: int = 5_000
+    transfer_time_budget_s: float = 30.0
+    # Entries a consumer left unacknowledged this long are taken over by another consumer.
+    reclaim_idle_ms: int = 60_000
+    # An entry delivered this many times without being stored is dead-lettered.
+    max_deliveries: int = 5
+    aggregation_batch_hours: int = 48
+    aggregation_time_budget_s: float = 30.0
+    retention_days: int = 90
+    retention_batch_rows: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the service needs, built once by `load_settings`."""
+
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+
+    @property
+    def embedded(self) -> bool:
+        """True when Postgres or Redis must be started in-process (no DSN / URL configured)."""
+        return not self.postgres.dsn or not self.redis.url
+
+
+# Environment variable -> (section, field). The README's settings table lists the same names.
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "GA_POSTGRES_DSN": ("postgres", "dsn"),
+    "GA_POSTGRES_POOL_MAX_SIZE": ("postgres", "pool_max_size"),
+    "GA_REDIS_URL": ("redis", "url"),
+    "GA_NAMESPACE": ("redis", "namespace"),
+    "GA_REDIS_TIMEOUT_S": ("redis", "socket_timeout_s"),
+    "GA_LISTEN_ADDR": ("server", "listen_addr"),
+    "GA_HTTP_ADDR": ("server", "http_addr"),
+    "GA_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s"),
+    "GA_MAX_BATCH_EVENTS": ("limits", "max_batch_events"),
+    "GA_MAX_STRING_CHARS": ("limits", "max_string_chars"),
+    "GA_MAX_ERROR_MESSAGE_CHARS": ("limits", "max_error_message_chars"),
+    "GA_MAX_ATTRIBUTES": ("limits", "max_attributes"),
+    "GA_MAX_FUTURE_SKEW_S": ("limits", "max_future_skew_s"),
+    "GA_MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
+    "GA_MAX_STREAM_BACKLOG": ("limits", "max_stream_backlog"),
+    "GA_SCHEDULER_ENABLED": ("pipeline", "scheduler_enabled"),
+    "GA_TRANSFER_INTERVAL_S": ("pipeline", "transfer_interval_s"),
+    "GA_AGGREGATION_INTERVAL_S": ("pipeline", "aggregation_interval_s"),
+    "GA_RETENTION_INTERVAL_S": ("pipeline", "retention_interval_s"),
+    "GA_TRANSFER_BATCH_SIZE": ("pipeline", "transfer_batch_size"),
+    "GA_TRANSFER_TIME_BUDGET_S": ("pipeline", "transfer_time_budget_s"),
+    "GA_RECLAIM_IDLE_MS": ("pipeline", "reclaim_idle_ms"),
+    "GA_MAX_DELIVERIES": ("pipeline", "max_deliveries"),
+    "GA_RETENTION_DAYS": ("pipeline", "retention_days"),
+    "GA_DATA_DIR": ("", "data_dir"),
+    "GA_LOG_LEVEL": ("", "log_level"),
+}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value of the wrong type."""
+
+
+def _convert(name: str, raw: str, current: object) -> object:
+    if isinstance(current, bool):
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name}={raw!r}: expected true or false")
+    try:
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a {type(current).__name__}") from None
+    if isinstance(current, Path):
+        return Path(raw)
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `environ` (default: `os.environ`); the only place the environment is read."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for name, (section, attr) in ENVIRONMENT.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        owner = getattr(settings, section) if section else settings
+        value = _convert(name, raw, getattr(owner, attr))
+        if section:
+            sections.setdefault(section, {})[attr] = value
+        else:
+            top[attr] = value
+    for section, changes in sections.items():
+        top[section] = replace(getattr(settings, section), **changes)
+    return replace(settings, **top)
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """(environment variable, effective value) pairs, secrets hidden; for `serve --print-settings`."""
+    rows = []
+    for name, (section, attr) in ENVIRONMENT.items():
+        owner = getattr(settings, section) if section else settings
+        value = getattr(owner, attr)
+        rows.append((name, _hide_password(str(value)) if isinstance(value, str) else str(value)))
+    return rows
+
+
+__all__ = [
+    "ENVIRONMENT",
+    "LimitSettings",
+    "PipelineSettings",
+    "PostgresSettings",
+    "RedisSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "describe",
+    "load_settings",
+]
