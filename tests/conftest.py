@@ -1,3 +1,3 @@
 """Test configuration: fixtures live in the fix_*.py modules."""
 
-pytest_plugins = ["tests.fix_services", "tests.fix_server"]
+pytest_plugins = ["tests.fix_services", "tests.fix_server", "tests.fix_pipeline"]

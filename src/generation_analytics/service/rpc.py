@@ -6,17 +6,22 @@ also carries the offending field in the `ga-field` trailing metadata so clients 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
 import psycopg
 import psycopg_pool
+import redis.asyncio as aioredis
 import redis.exceptions
+from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.capture import EventCapture
+from generation_analytics.service.convert import from_timestamp, timestamp
 from generation_analytics.service.errors import (
     AnalyticsError,
     InvalidArgument,
@@ -24,7 +29,10 @@ from generation_analytics.service.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from generation_analytics.v1 import events_pb2, events_pb2_grpc
+from generation_analytics.service.keys import StreamKeys
+from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.status import JobRunStatus, pipeline_status
+from generation_analytics.v1 import events_pb2, events_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -102,4 +110,102 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 events_pb2.Rejection(index=index, field=field, reason=reason)
                 for index, field, reason in result.rejections
             ],
+        )
+
+
+MAX_AGGREGATION_RANGE = timedelta(days=400)
+
+
+def _job_run(run: JobRunStatus | None) -> pipeline_pb2.JobRun:
+    if run is None:
+        return pipeline_pb2.JobRun()
+    return pipeline_pb2.JobRun(
+        started_at=timestamp(run.started_at),
+        duration_s=run.duration_s,
+        processed=run.processed,
+        error=run.error,
+        last_error_at=timestamp(run.last_error_at),
+        last_error=run.last_error,
+    )
+
+
+class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
+    """PipelineService: the seed's monitoring queries and manual runs, as RPCs."""
+
+    def __init__(
+        self, pipeline: Pipeline, *, redis_client: aioredis.Redis, pool: AsyncConnectionPool, keys: StreamKeys
+    ) -> None:
+        self._pipeline = pipeline
+        self._redis = redis_client
+        self._pool = pool
+        self._keys = keys
+
+    @grpc_errors
+    async def GetPipelineStatus(
+        self, request: pipeline_pb2.GetPipelineStatusRequest, context: Context
+    ) -> pipeline_pb2.GetPipelineStatusResponse:
+        status = await pipeline_status(self._redis, self._pool, self._keys)
+        now = status.now
+
+        def age(moment: object) -> float:
+            return (now - moment).total_seconds() if moment is not None else 0.0  # type: ignore[operator]
+
+        return pipeline_pb2.GetPipelineStatusResponse(
+            stream_length=status.stream.length,
+            pending_entries=status.stream.pending,
+            undelivered_entries=status.stream.undelivered,
+            oldest_untransferred_age_s=max(age(status.stream.oldest_untransferred_at), 0.0),
+            dead_letter_count=status.stream.dead_letters,
+            latest_event_at=timestamp(status.latest_event_at),
+            seconds_since_latest_event=age(status.latest_event_at),
+            total_events=status.total_events,
+            latest_hourly_metric_at=timestamp(status.latest_hourly_metric_at),
+            seconds_since_latest_hourly_metric=age(status.latest_hourly_metric_at),
+            total_hours=status.total_hours,
+            hours_with_data=[
+                pipeline_pb2.DayCoverage(day=day.isoformat(), hours_with_data=count)
+                for day, count in status.hours_with_data
+            ],
+            last_transfer=_job_run(status.jobs.get("transfer")),
+            last_aggregation=_job_run(status.jobs.get("aggregation")),
+            dirty_hours=status.dirty_hours,
+        )
+
+    @grpc_errors
+    async def RunTransfer(
+        self, request: pipeline_pb2.RunTransferRequest, context: Context
+    ) -> pipeline_pb2.RunTransferResponse:
+        report = await asyncio.to_thread(self._pipeline.run_transfer)
+        return pipeline_pb2.RunTransferResponse(
+            read_entries=report.read_entries,
+            inserted=report.inserted,
+            duplicates=report.duplicates,
+            dead_lettered=report.dead_lettered,
+            reclaimed=report.reclaimed,
+            batches=report.batches,
+            duration_s=report.duration_s,
+            remaining=report.remaining,
+        )
+
+    @grpc_errors
+    async def RunAggregation(
+        self, request: pipeline_pb2.RunAggregationRequest, context: Context
+    ) -> pipeline_pb2.RunAggregationResponse:
+        has_start, has_end = request.HasField("start_hour"), request.HasField("end_hour")
+        if has_start != has_end:
+            raise InvalidArgument(
+                "end_hour" if has_start else "start_hour", "give both start_hour and end_hour, or neither"
+            )
+        start = from_timestamp(request.start_hour, "start_hour") if has_start else None
+        end = from_timestamp(request.end_hour, "end_hour") if has_end else None
+        if start is not None and end is not None:
+            if end < start:
+                raise InvalidArgument("end_hour", "must not be before start_hour")
+            if end - start > MAX_AGGREGATION_RANGE:
+                raise InvalidArgument("end_hour", f"range longer than {MAX_AGGREGATION_RANGE.days} days")
+        report = await asyncio.to_thread(self._pipeline.run_aggregation, start, end)
+        return pipeline_pb2.RunAggregationResponse(
+            hours_aggregated=report.hours_aggregated,
+            duration_s=report.duration_s,
+            remaining_dirty_hours=report.remaining_dirty_hours,
         )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.capture import EventCapture, connect_redis
+from generation_analytics.service.db import async_pool
 from generation_analytics.service.embedded import EmbeddedPostgres, EmbeddedRedis
 from generation_analytics.service.keys import StreamKeys
 from generation_analytics.service.migrate import migrate
+from generation_analytics.service.pipeline import Pipeline
 from generation_analytics.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ class Runtime:
     keys: StreamKeys
     redis: aioredis.Redis
     capture: EventCapture
+    pool: AsyncConnectionPool
+    pipeline: Pipeline
 
     @classmethod
     async def open(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
@@ -72,7 +78,13 @@ class Runtime:
             retention_days=settings.pipeline.retention_days,
             timeout_s=settings.redis.socket_timeout_s,
         )
-        return cls(settings=settings, keys=keys, redis=redis_client, capture=capture)
+        pool = await async_pool(settings.postgres, name="queries")
+        pipeline = Pipeline(settings)
+        if settings.pipeline.scheduler_enabled:
+            pipeline.start_schedule()
+        return cls(settings=settings, keys=keys, redis=redis_client, capture=capture, pool=pool, pipeline=pipeline)
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.pipeline.close)
+        await self.pool.close()
         await self.redis.aclose()

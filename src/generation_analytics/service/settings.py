@@ -91,7 +91,9 @@ class PipelineSettings:
     transfer_interval_s: float = 2.0
     aggregation_interval_s: float = 3.0
     retention_interval_s: float = 3600.0
-    transfer_batch_size: int = 5_000
+    transfer_batch_size: int = 10_000
+    # Threads storing batches in parallel (each on its own connection) while one thread decodes.
+    transfer_store_workers: int = 2
     transfer_time_budget_s: float = 30.0
     # Entries a consumer left unacknowledged this long are taken over by another consumer.
     reclaim_idle_ms: int = 60_000
@@ -144,6 +146,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_RETENTION_INTERVAL_S": ("pipeline", "retention_interval_s"),
     "GA_TRANSFER_BATCH_SIZE": ("pipeline", "transfer_batch_size"),
     "GA_TRANSFER_TIME_BUDGET_S": ("pipeline", "transfer_time_budget_s"),
+    "GA_TRANSFER_STORE_WORKERS": ("pipeline", "transfer_store_workers"),
     "GA_RECLAIM_IDLE_MS": ("pipeline", "reclaim_idle_ms"),
     "GA_MAX_DELIVERIES": ("pipeline", "max_deliveries"),
     "GA_RETENTION_DAYS": ("pipeline", "retention_days"),

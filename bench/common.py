@@ -1,0 +1,135 @@
+"""Shared helpers for the benchmarks: isolated databases/namespaces, fast event generation, reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shlex
+import statistics
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import redis
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
+from generation_analytics.service.migrate import migrate
+from generation_analytics.service.settings import PipelineSettings, PostgresSettings, RedisSettings, Settings
+from generation_analytics.v1 import events_pb2
+
+ADMIN_DSN = os.environ.get("GA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("GA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def rerun_command() -> str:
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", f"bench.{_module_name()}", *sys.argv[1:]])
+
+
+def _module_name() -> str:
+    return os.path.splitext(os.path.basename(sys.argv[0]))[0]
+
+
+@contextlib.contextmanager
+def scratch_database(name: str | None = None, *, keep: bool = False) -> Iterator[str]:
+    """A freshly migrated database, dropped afterwards unless `keep`."""
+    name = name or f"ga_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(ADMIN_DSN, dbname=name)
+    try:
+        migrate(dsn)
+        yield dsn
+    finally:
+        if not keep:
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def scratch_namespace() -> Iterator[str]:
+    namespace = f"ga_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        yield namespace
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=StreamKeys(namespace).pattern))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def bench_settings(dsn: str, namespace: str, **pipeline: object) -> Settings:
+    return replace(
+        Settings(),
+        postgres=PostgresSettings(dsn=dsn),
+        redis=RedisSettings(url=REDIS_URL, namespace=namespace),
+        pipeline=replace(PipelineSettings(scheduler_enabled=False), **pipeline),  # type: ignore[arg-type]
+    )
+
+
+MODELS = ["sdxl-1.0", "sdxl-turbo", "flux-dev", "flux-schnell", "sd-1.5", "sd-2.1", "kandinsky-3", "playground-v2"]
+ERRORS = ["OutOfMemory", "Timeout", "NSFWFilter", "InvalidPrompt", "ModelLoadError"]
+
+
+def synthetic_event(rng: random.Random, when: datetime, users: Sequence[str]) -> events_pb2.GenerationEvent:
+    """A plausible event of any type (fast to build: used for backlogs of a million)."""
+    kind = rng.random()
+    event = events_pb2.GenerationEvent(
+        event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        generation_id=f"g{rng.getrandbits(40):x}",
+        user_id=rng.choice(users),
+        model_checkpoint=rng.choice(MODELS),
+    )
+    event.timestamp.FromDatetime(when)
+    if kind < 0.48:
+        event.event_type = events_pb2.EVENT_TYPE_REQUEST
+        event.queue_length = rng.randint(0, 40)
+    elif kind < 0.97:
+        event.event_type = events_pb2.EVENT_TYPE_COMPLETION
+        event.success = rng.random() > 0.05
+        event.duration_ms = int(rng.lognormvariate(8.3, 0.5))
+        event.batch_size = rng.choice((1, 1, 2, 4))
+        if not event.success:
+            event.error_type = rng.choice(ERRORS)
+            event.error_message = f"{event.error_type} on worker {rng.randint(1, 20)}"
+    else:
+        event.event_type = events_pb2.EVENT_TYPE_CANCELLATION
+    return event
+
+
+def push_backlog(namespace: str, count: int, *, start: datetime, span: timedelta, seed: int = 7) -> None:
+    """Append `count` events spread over [start, start + span) to the namespace's stream, pipelined."""
+    rng = random.Random(seed)
+    users = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(5_000)]
+    client = redis.Redis.from_url(REDIS_URL)
+    stream = StreamKeys(namespace).stream
+    step = span / max(count, 1)
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        pipe.xadd(stream, {EVENT_FIELD: synthetic_event(rng, start + step * i, users).SerializeToString()})
+        if i % 5_000 == 4_999:
+            pipe.execute()
+    pipe.execute()
+    client.close()
+
+
+def now_hour() -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def print_result(title: str, rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{title}")
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+    print(f"  rerun: {rerun_command()}\n")

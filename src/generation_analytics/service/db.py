@@ -1,0 +1,50 @@
+"""Postgres connection pools: async for the read path, sync for the pipeline threads. Always UTC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from generation_analytics.service.settings import PostgresSettings
+
+# Every session works in UTC whatever the server's default, so date_trunc/DATE() agree with the API.
+_CONNECT_KWARGS: dict[str, Any] = {"options": "-c TimeZone=UTC", "autocommit": False}
+
+
+def connect(settings: PostgresSettings, **kwargs: Any) -> psycopg.Connection[Any]:
+    """One connection outside any pool (migrations, tools, tests)."""
+    return psycopg.connect(
+        settings.dsn, connect_timeout=int(settings.connect_timeout_s), **{**_CONNECT_KWARGS, **kwargs}
+    )
+
+
+def sync_pool(settings: PostgresSettings, *, name: str, max_size: int | None = None) -> ConnectionPool:
+    """A pool for the pipeline's worker threads. Opening does not wait for Postgres to be up."""
+    pool = ConnectionPool(
+        settings.dsn,
+        min_size=1,
+        max_size=max_size or settings.pool_max_size,
+        kwargs={**_CONNECT_KWARGS, "connect_timeout": int(settings.connect_timeout_s)},
+        timeout=settings.connect_timeout_s,
+        name=name,
+        open=False,
+    )
+    pool.open(wait=False)
+    return pool
+
+
+async def async_pool(settings: PostgresSettings, *, name: str) -> AsyncConnectionPool:
+    """A pool for the asyncio read path (queries, status). Opening does not wait for Postgres to be up."""
+    pool = AsyncConnectionPool(
+        settings.dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        kwargs={**_CONNECT_KWARGS, "autocommit": True, "connect_timeout": int(settings.connect_timeout_s)},
+        timeout=settings.connect_timeout_s,
+        name=name,
+        open=False,
+    )
+    await pool.open(wait=False)
+    return pool

@@ -1,0 +1,131 @@
+"""Pipeline status: the seed's "Monitoring the pipeline" queries plus the stream's view, in one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from psycopg_pool import AsyncConnectionPool
+
+from generation_analytics.service.keys import TRANSFER_GROUP, StreamKeys
+
+
+@dataclass
+class JobRunStatus:
+    started_at: datetime | None = None
+    duration_s: float = 0.0
+    processed: int = 0
+    error: str = ""
+    last_error: str = ""
+    last_error_at: datetime | None = None
+
+
+@dataclass
+class StreamStatus:
+    length: int = 0
+    pending: int = 0
+    undelivered: int = 0
+    oldest_untransferred_at: datetime | None = None
+    dead_letters: int = 0
+
+    @property
+    def backlog(self) -> int:
+        """Events accepted but not yet in Postgres."""
+        return self.pending + self.undelivered
+
+
+@dataclass
+class PipelineStatus:
+    stream: StreamStatus
+    now: datetime
+    latest_event_at: datetime | None = None
+    total_events: int = 0
+    latest_hourly_metric_at: datetime | None = None
+    total_hours: int = 0
+    hours_with_data: list[tuple[date, int]] = field(default_factory=list)
+    dirty_hours: int = 0
+    jobs: dict[str, JobRunStatus] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_time(entry_id: Any) -> datetime:
+    return datetime.fromtimestamp(int(_text(entry_id).split("-")[0]) / 1000, UTC)
+
+
+async def stream_status(client: aioredis.Redis, keys: StreamKeys) -> StreamStatus:
+    """Length, pending, undelivered and the age of the oldest entry not yet in Postgres."""
+    status = StreamStatus()
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(keys.stream)
+    pipe.xlen(keys.dead_letter)
+    status.length, status.dead_letters = (int(v) for v in await pipe.execute())
+    if status.length == 0:
+        return status
+    try:
+        groups: Any = await client.xinfo_groups(keys.stream)
+        summary: Any = await client.xpending(keys.stream, TRANSFER_GROUP)
+    except redis.exceptions.ResponseError:  # no group yet: nothing was ever delivered
+        first: Any = await client.xrange(keys.stream, count=1)
+        status.undelivered = status.length
+        status.oldest_untransferred_at = _id_time(first[0][0]) if first else None
+        return status
+    group = next((g for g in groups if _text(g["name"]) == TRANSFER_GROUP), None)
+    last_delivered = _text(group["last-delivered-id"]) if group else "0-0"
+    status.pending = int(summary["pending"])
+    lag = group.get("lag") if group else None
+    after: Any = await client.xrange(keys.stream, min=f"({last_delivered}", count=1)
+    # Redis < 7 reports no lag; after trimming, the stream is about pending + undelivered entries.
+    status.undelivered = int(lag) if lag is not None else max(status.length - status.pending, 0)
+    candidates = [_id_time(summary["min"])] if status.pending else []
+    if after:
+        candidates.append(_id_time(after[0][0]))
+    status.oldest_untransferred_at = min(candidates) if candidates else None
+    return status
+
+
+DATABASE_STATUS = """
+SELECT (SELECT created_at FROM generation_events ORDER BY id DESC LIMIT 1),
+       (SELECT count(*) FROM generation_events),
+       (SELECT max(timestamp) FROM generation_metrics_hourly),
+       (SELECT count(*) FROM generation_metrics_hourly),
+       (SELECT count(*) FROM generation_dirty_hours),
+       now()
+"""
+HOURS_WITH_DATA = """
+SELECT DATE(timestamp) AS day, count(*) AS hours_with_data
+FROM generation_metrics_hourly
+WHERE timestamp >= NOW() - INTERVAL '7 days'
+GROUP BY DATE(timestamp)
+ORDER BY day DESC
+"""
+JOB_RUNS = "SELECT job, started_at, duration_s, processed, error, last_error, last_error_at FROM pipeline_job_runs"
+
+
+async def pipeline_status(client: aioredis.Redis, pool: AsyncConnectionPool, keys: StreamKeys) -> PipelineStatus:
+    """Everything GetPipelineStatus reports."""
+    stream = await stream_status(client, keys)
+    async with pool.connection() as conn:
+        row: Any = await (await conn.execute(DATABASE_STATUS)).fetchone()
+        days = await (await conn.execute(HOURS_WITH_DATA)).fetchall()
+        runs = await (await conn.execute(JOB_RUNS)).fetchall()
+    status = PipelineStatus(
+        stream=stream,
+        latest_event_at=row[0],
+        total_events=int(row[1]),
+        latest_hourly_metric_at=row[2],
+        total_hours=int(row[3]),
+        dirty_hours=int(row[4]),
+        now=row[5],
+        hours_with_data=[(day, int(count)) for day, count in days],
+    )
+    for job, started_at, duration_s, processed, error, last_error, last_error_at in runs:
+        status.jobs[job] = JobRunStatus(
+            started_at, float(duration_s), int(processed), error or "", last_error or "", last_error_at
+        )
+    return status

@@ -1,0 +1,425 @@
+"""Transfer: drain the Redis stream into generation_events, exactly once per event_id.
+
+Each batch is read through the consumer group, decoded, COPYed into a staging table and inserted
+with `ON CONFLICT (event_id) DO NOTHING`; the hours it touched are marked dirty in the same
+transaction; only after the commit are the entries acknowledged (and only acknowledged entries are
+ever trimmed). A crash anywhere before the acknowledgement means redelivery, and redelivery is
+harmless because the insert is idempotent. Entries that cannot become rows are dead-lettered (to a
+stream and a table, with the reason) and acknowledged, so they never block the entries behind them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+from psycopg_pool import ConnectionPool
+
+from generation_analytics.service.codec import ROW_COLUMNS, PoisonEntry, Row, decode_entry
+from generation_analytics.service.keys import EVENT_FIELD, TRANSFER_GROUP, StreamKeys
+from generation_analytics.service.settings import LimitSettings, PipelineSettings
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+FailPoint = Callable[[str], None]
+
+
+@dataclass
+class TransferReport:
+    """What one transfer run did (the RunTransfer RPC returns it)."""
+
+    read_entries: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    batches: int = 0
+    duration_s: float = 0.0
+    remaining: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.inserted
+
+
+@dataclass
+class _Dead:
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    reason: str
+    deliveries: int
+
+
+@dataclass
+class _Batch:
+    """Entries read together, decoded: rows to store (with the entry behind each) and dead letters."""
+
+    entries: Sequence[Entry]
+    rows: list[Row] = field(default_factory=list)
+    row_entries: list[_Dead] = field(default_factory=list)
+    dead: list[_Dead] = field(default_factory=list)
+
+
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS transfer_staging (
+    event_id uuid, event_type text, generation_id text, user_id uuid, timestamp timestamptz,
+    duration_ms bigint, success boolean, error_type text, error_message text, model_checkpoint text,
+    generation_type text, queue_length integer, queue_wait_time_ms bigint, generation_time_ms bigint,
+    batch_size integer, image_width integer, image_height integer, prompt_tokens integer, attributes jsonb
+) ON COMMIT DELETE ROWS
+"""
+COPY_STAGING = f"COPY transfer_staging ({', '.join(ROW_COLUMNS)}) FROM STDIN"
+_COLUMNS = ", ".join(ROW_COLUMNS)
+
+# Insert what is new, mark the hours it falls in as dirty (fresh version, see 0002_pipeline.sql).
+# Rows and hours are taken in a fixed order so concurrent workers cannot deadlock.
+INSERT_FROM_STAGING = f"""
+WITH inserted AS (
+    INSERT INTO generation_events ({_COLUMNS})
+    SELECT {_COLUMNS} FROM transfer_staging ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING timestamp
+), marked AS (
+    INSERT INTO generation_dirty_hours (hour, version)
+    SELECT hour, nextval('generation_dirty_hours_version_seq')
+    FROM (SELECT DISTINCT date_trunc('hour', timestamp) AS hour FROM inserted) AS hours
+    ORDER BY hour
+    ON CONFLICT (hour) DO UPDATE SET version = EXCLUDED.version
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM marked)
+"""
+
+INSERT_DEAD_LETTER = """
+INSERT INTO generation_events_dead_letter (stream_entry_id, payload, reason, deliveries)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (stream_entry_id) DO NOTHING
+"""
+
+
+def _next_stream_id(entry_id: bytes | str) -> str:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    millis, _, seq = text.partition("-")
+    return f"{millis}-{int(seq or 0) + 1}"
+
+
+def default_consumer_name() -> str:
+    """Unique per process and instance, readable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Transfer:
+    """Moves events from the stream to Postgres; one instance per process, safe to run in many."""
+
+    def __init__(
+        self,
+        *,
+        redis_client: redis.Redis,
+        pool: ConnectionPool,
+        keys: StreamKeys,
+        pipeline: PipelineSettings,
+        limits: LimitSettings,
+        consumer: str | None = None,
+        fail_point: FailPoint | None = None,
+    ) -> None:
+        self._redis = redis_client
+        self._pool = pool
+        self._keys = keys
+        self._settings = pipeline
+        self._limits = limits
+        self.consumer = consumer or default_consumer_name()
+        self._fail_point = fail_point or (lambda _: None)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Make a run in progress return after its current batch (for a prompt shutdown)."""
+        self._stopping.set()
+
+    def run(self, *, time_budget_s: float | None = None) -> TransferReport:
+        """Drain the stream: stale entries of stopped consumers, our own unfinished ones, then new ones.
+
+        Stops early only when the time budget runs out (`remaining` then says what is left).
+        Raises on Redis/Postgres errors; nothing unstored is ever acknowledged.
+        """
+        with self._lock:
+            started = time.monotonic()
+            deadline = started + (time_budget_s or self._settings.transfer_time_budget_s)
+            report = TransferReport()
+            self.ensure_group()
+            self._reclaim(report, deadline)
+            self._drain(report, deadline, history=True)
+            self._drain(report, deadline, history=False)
+            self._trim()
+            report.remaining = self.backlog()
+            report.duration_s = time.monotonic() - started
+            if report.read_entries:
+                log.info(
+                    "transfer: read %d, inserted %d, duplicates %d, dead-lettered %d, reclaimed %d in %.2f s",
+                    report.read_entries, report.inserted, report.duplicates, report.dead_lettered,
+                    report.reclaimed, report.duration_s,
+                )  # fmt: skip
+            return report
+
+    def ensure_group_quietly(self) -> None:
+        """Create the consumer group if Redis is up; the first run retries otherwise."""
+        try:
+            self.ensure_group()
+        except redis.RedisError as exc:
+            log.warning("cannot create the consumer group yet: %s", exc)
+
+    def ensure_group(self) -> None:
+        try:
+            self._redis.xgroup_create(self._keys.stream, TRANSFER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _reclaim(self, report: TransferReport, deadline: float) -> None:
+        """Take over entries other consumers left unacknowledged for longer than `reclaim_idle_ms`."""
+        start: bytes | str = "0-0"
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            reply: Any = self._redis.xautoclaim(
+                self._keys.stream, TRANSFER_GROUP, self.consumer, self._settings.reclaim_idle_ms,
+                start_id=start, count=self._settings.transfer_batch_size,
+            )  # fmt: skip
+            start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
+            if entries:
+                report.reclaimed += len(entries)
+                log.warning("transfer: reclaimed %d entries left pending by stopped consumers", len(entries))
+                self._finish(self._decode(entries, self._delivery_counts(entries)), report)
+            if start in (b"0-0", "0-0"):
+                return
+
+    def _drain(self, report: TransferReport, deadline: float, *, history: bool) -> None:
+        """Read and store batches until none is left (or the deadline passes).
+
+        history=True re-reads entries delivered to this consumer but never acknowledged (an earlier
+        run failed part-way); history=False reads entries never delivered to anyone, decoding the next
+        batch in a reader thread while Postgres stores the current one.
+        """
+        if not history:
+            self._drain_new(report, deadline)
+            return
+        next_id = "0"
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            entries = self._read(next_id)
+            if not entries:
+                return
+            self._finish(self._decode(entries, self._delivery_counts(entries)), report)
+            next_id = entries[-1][0].decode()  # XREADGROUP returns history strictly after this id
+
+    def _read(self, from_id: str) -> list[Entry]:
+        reply: Any = self._redis.xreadgroup(
+            TRANSFER_GROUP, self.consumer, {self._keys.stream: from_id}, count=self._settings.transfer_batch_size
+        )
+        return [e for e in (reply[0][1] if reply else []) if e[1]]
+
+    def _drain_new(self, report: TransferReport, deadline: float) -> None:
+        # Decoding is CPU in Python; storing is mostly waiting on Postgres (GIL released). A reader
+        # thread decodes ahead while `transfer_store_workers` threads store batches on connections of
+        # their own, so Python and Postgres both keep busy. Entries read ahead but not stored stay
+        # pending for this consumer and are re-read as history on the next run.
+        workers = max(1, self._settings.transfer_store_workers)
+        batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=workers + 1)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        report_lock = threading.Lock()
+
+        def put(item: _Batch | None) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def reader() -> None:
+            try:
+                while time.monotonic() < deadline and not self._stopping.is_set() and not stop.is_set():
+                    entries = self._read(">")
+                    if not entries or not put(self._decode(entries, {})):
+                        break
+            except BaseException as exc:  # re-raised by the calling thread
+                errors.append(exc)
+                stop.set()
+            finally:
+                for _ in range(workers):
+                    put(None)
+
+        def storer() -> None:
+            try:
+                while not stop.is_set():
+                    try:
+                        item = batches.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if item is None:
+                        return
+                    self._finish(item, report, report_lock)
+            except BaseException as exc:  # re-raised by the calling thread
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=reader, name="transfer-reader", daemon=True)]
+        threads += [threading.Thread(target=storer, name=f"transfer-store-{i}", daemon=True) for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _delivery_counts(self, entries: Sequence[Entry]) -> dict[bytes, int]:
+        pending: Any = self._redis.xpending_range(
+            self._keys.stream, TRANSFER_GROUP, min=entries[0][0], max=entries[-1][0],
+            count=len(entries), consumername=self.consumer,
+        )  # fmt: skip
+        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+
+    def _decode(self, entries: Sequence[Entry], deliveries: dict[bytes, int]) -> _Batch:
+        batch = _Batch(entries=entries)
+        for entry_id, fields in entries:
+            count = deliveries.get(entry_id, 1)
+            if count > self._settings.max_deliveries:
+                batch.dead.append(_Dead(entry_id, fields, f"delivered {count} times without being stored", count))
+                continue
+            try:
+                batch.rows.append(decode_entry(fields, self._limits))
+                batch.row_entries.append(_Dead(entry_id, fields, "", count))
+            except PoisonEntry as exc:
+                batch.dead.append(_Dead(entry_id, fields, str(exc), count))
+        return batch
+
+    def _finish(self, batch: _Batch, report: TransferReport, report_lock: threading.Lock | None = None) -> None:
+        """Store a decoded batch, then acknowledge it (never the other way round)."""
+        decoded_dead = len(batch.dead)
+        inserted = self._store(batch.rows, batch.row_entries, batch.dead)
+        self._fail_point("after_commit")
+        self._acknowledge([e[0] for e in batch.entries], batch.dead)
+        self._fail_point("after_ack")
+        with report_lock or contextlib.nullcontext():
+            self._count(batch, report, inserted, decoded_dead)
+
+    @staticmethod
+    def _count(batch: _Batch, report: TransferReport, inserted: int, decoded_dead: int) -> None:
+        report.batches += 1
+        report.read_entries += len(batch.entries)
+        report.inserted += inserted
+        report.duplicates += len(batch.rows) - (len(batch.dead) - decoded_dead) - inserted
+        report.dead_lettered += len(batch.dead)
+
+    def _store(self, rows: list[Row], row_entries: list[_Dead], dead: list[_Dead]) -> int:
+        """Insert rows and dead letters in one transaction; returns how many rows were new.
+
+        A row Postgres refuses (a data error) is found by bisection under savepoints and dead-lettered;
+        the rest of the batch is stored. Connection errors propagate: the batch stays unacknowledged.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(CREATE_STAGING)
+            inserted = self._insert_bisecting(conn, rows, row_entries, dead)
+            if dead:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        INSERT_DEAD_LETTER,
+                        [(d.entry_id.decode(), d.fields.get(EVENT_FIELD), d.reason, d.deliveries) for d in dead],
+                    )
+        return inserted
+
+    def _insert_bisecting(
+        self, conn: psycopg.Connection[Any], rows: list[Row], row_entries: list[_Dead], dead: list[_Dead]
+    ) -> int:
+        if not rows:
+            return 0
+        try:
+            with conn.transaction():  # a savepoint inside the batch transaction
+                return self._insert(conn, rows)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            if len(rows) == 1:
+                entry = row_entries[0]
+                log.error("transfer: Postgres refused entry %s: %s", entry.entry_id.decode(), exc)
+                dead.append(_Dead(entry.entry_id, entry.fields, f"refused by Postgres: {exc}", entry.deliveries))
+                return 0
+            half = len(rows) // 2
+            first = self._insert_bisecting(conn, rows[:half], row_entries[:half], dead)
+            return first + self._insert_bisecting(conn, rows[half:], row_entries[half:], dead)
+
+    @staticmethod
+    def _insert(conn: psycopg.Connection[Any], rows: list[Row]) -> int:
+        with conn.cursor() as cur:
+            cur.execute("TRUNCATE transfer_staging")
+            with cur.copy(COPY_STAGING) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(INSERT_FROM_STAGING)
+            counts = cur.fetchone()
+            return int(counts[0]) if counts else 0
+
+    def _acknowledge(self, entry_ids: list[bytes], dead: list[_Dead]) -> None:
+        """Copy dead letters to the dead-letter stream and acknowledge the batch, atomically."""
+        pipe = self._redis.pipeline(transaction=True)
+        for d in dead:
+            fields: dict[bytes | str, bytes | str | int] = {
+                "entry_id": d.entry_id, "reason": d.reason, "deliveries": d.deliveries,
+            }  # fmt: skip
+            if EVENT_FIELD in d.fields:
+                fields["payload"] = d.fields[EVENT_FIELD]
+            pipe.xadd(self._keys.dead_letter, fields)  # type: ignore[arg-type]
+        pipe.xack(self._keys.stream, TRANSFER_GROUP, *entry_ids)
+        pipe.execute()
+
+    def _trim(self) -> None:
+        """Remove acknowledged entries: everything before the oldest pending or undelivered entry."""
+        group = self._group_info()
+        if group is None:
+            return
+        summary: Any = self._redis.xpending(self._keys.stream, TRANSFER_GROUP)
+        if summary["pending"]:
+            trim_to: bytes | str = summary["min"]
+        else:
+            trim_to = _next_stream_id(group["last-delivered-id"])
+        self._redis.xtrim(self._keys.stream, minid=trim_to, approximate=False)
+        self._forget_idle_consumers()
+
+    def _group_info(self) -> dict[str, Any] | None:
+        groups: Any = self._redis.xinfo_groups(self._keys.stream)
+        for group in groups:
+            name = group["name"]
+            if (name.decode() if isinstance(name, bytes) else name) == TRANSFER_GROUP:
+                return dict(group)
+        return None
+
+    def _forget_idle_consumers(self) -> None:
+        """Drop consumers of stopped processes once they hold nothing (keeps XINFO readable)."""
+        consumers: Any = self._redis.xinfo_consumers(self._keys.stream, TRANSFER_GROUP)
+        for consumer in consumers:
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > 3_600_000:
+                self._redis.xgroup_delconsumer(self._keys.stream, TRANSFER_GROUP, name)
+
+    def backlog(self) -> int:
+        """Entries not yet stored: pending plus undelivered (XLEN where Redis < 7 cannot tell lag)."""
+        try:
+            group = self._group_info()
+        except redis.ResponseError:
+            return 0
+        if group is None:
+            return int(self._redis.xlen(self._keys.stream))
+        lag = group.get("lag")
+        if lag is None:
+            return int(self._redis.xlen(self._keys.stream))
+        return int(lag) + int(group["pending"])
