@@ -14,8 +14,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from generation_analytics.service.keys import EVENT_FIELD
-from generation_analytics.service.settings import LimitSettings
-from generation_analytics.service.validation import check_event
+from generation_analytics.service.validation import check_stored_event
 from generation_analytics.v1 import events_pb2
 
 EVENT_TYPE_NAMES = {
@@ -72,7 +71,7 @@ class PoisonEntry(ValueError):
     """A stream entry that can never become a row (the message says why)."""
 
 
-def decode_entry(fields: dict[bytes, bytes], limits: LimitSettings) -> Row:
+def decode_entry(fields: dict[bytes, bytes]) -> Row:
     """The row for a stream entry.
 
     Raises:
@@ -85,13 +84,9 @@ def decode_entry(fields: dict[bytes, bytes], limits: LimitSettings) -> Row:
         event = events_pb2.GenerationEvent.FromString(payload)
     except DecodeError as exc:
         raise PoisonEntry(f"not a GenerationEvent: {exc}") from None
-    problem = check_event(event, limits)
+    problem = check_stored_event(event)
     if problem:
         raise PoisonEntry(f"invalid {problem[0]}: {problem[1]}")
-    if not event.event_id:
-        raise PoisonEntry("invalid event_id: missing")
-    if not event.HasField("timestamp"):
-        raise PoisonEntry("invalid timestamp: missing")
     try:
         return event_to_row(event)
     except (OverflowError, ValueError) as exc:

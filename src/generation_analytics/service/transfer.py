@@ -24,6 +24,9 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
 from generation_analytics.service.codec import ROW_COLUMNS, PoisonEntry, Row, decode_entry
@@ -80,7 +83,33 @@ CREATE TEMP TABLE IF NOT EXISTS transfer_staging (
     batch_size integer, image_width integer, image_height integer, prompt_tokens integer, attributes jsonb
 ) ON COMMIT DELETE ROWS
 """
-COPY_STAGING = f"COPY transfer_staging ({', '.join(ROW_COLUMNS)}) FROM STDIN"
+COPY_STAGING = f"COPY transfer_staging ({', '.join(ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+COPY_TYPES = (
+    "uuid", "text", "text", "uuid", "timestamptz", "int8", "bool", "text", "text", "text", "text", "int4",
+    "int8", "int8", "int4", "int4", "int4", "int4", "jsonb",
+)  # fmt: skip
+
+
+class _UuidFromText(Dumper):
+    """Binary COPY of a canonical UUID string without building a uuid.UUID (half the cost of text COPY)."""
+
+    format = Format.BINARY
+    oid = postgres.types["uuid"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return bytes.fromhex(obj.replace("-", ""))
+
+
+class _JsonbFromText(Dumper):
+    """Binary COPY of an already serialised JSON document (jsonb binary format: version 1, then text)."""
+
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode()
+
+
 _COLUMNS = ", ".join(ROW_COLUMNS)
 
 # Insert what is new, mark the hours it falls in as dirty (fresh version, see 0002_pipeline.sql).
@@ -298,7 +327,7 @@ class Transfer:
                 batch.dead.append(_Dead(entry_id, fields, f"delivered {count} times without being stored", count))
                 continue
             try:
-                batch.rows.append(decode_entry(fields, self._limits))
+                batch.rows.append(decode_entry(fields))
                 batch.row_entries.append(_Dead(entry_id, fields, "", count))
             except PoisonEntry as exc:
                 batch.dead.append(_Dead(entry_id, fields, str(exc), count))
@@ -361,7 +390,10 @@ class Transfer:
     def _insert(conn: psycopg.Connection[Any], rows: list[Row]) -> int:
         with conn.cursor() as cur:
             cur.execute("TRUNCATE transfer_staging")
+            cur.adapters.register_dumper(None, _UuidFromText)
+            cur.adapters.register_dumper(None, _JsonbFromText)
             with cur.copy(COPY_STAGING) as copy:
+                copy.set_types(COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
             cur.execute(INSERT_FROM_STAGING)

@@ -110,6 +110,28 @@ def check_event(event: events_pb2.GenerationEvent, limits: LimitSettings) -> Pro
     return None
 
 
+def check_stored_event(event: events_pb2.GenerationEvent) -> Problem | None:
+    """The cheap subset transfer re-checks before storing an entry (capture already ran `check_event`).
+
+    Only what the rollups' meaning depends on and Postgres would not refuse by itself; anything else a
+    foreign writer got wrong (negative counts, NUL characters, ...) is refused by the table's
+    constraints and dead-lettered by transfer's bisection.
+    """
+    if event.event_type not in KNOWN_EVENT_TYPES:
+        return "event_type", "must be request, completion or cancellation"
+    if not _CANONICAL_UUID.fullmatch(event.event_id):
+        return "event_id", "must be a canonical UUID"
+    if not _CANONICAL_UUID.fullmatch(event.user_id):
+        return "user_id", "must be a canonical UUID"
+    if not event.generation_id:
+        return "generation_id", "is required"
+    if not event.HasField("timestamp"):
+        return "timestamp", "is required"
+    if event.event_type == events_pb2.EVENT_TYPE_COMPLETION and not event.HasField("success"):
+        return "success", "is required on completion events"
+    return None
+
+
 def check_new_event(
     event: events_pb2.GenerationEvent,
     limits: LimitSettings,
