@@ -50,5 +50,5 @@ CREATE INDEX generation_events_timestamp_idx ON generation_events (timestamp);
 CREATE INDEX generation_events_user_timestamp_idx ON generation_events (user_id, timestamp);
 -- Slowest completions (the seed's "Find Slow Generations", ListEvents order=slowest).
 CREATE INDEX generation_events_completion_duration_idx
-    ON generation_events (duration_ms)
+    ON generation_events (duration_ms, id)
     WHERE event_type = 'completion' AND duration_ms IS NOT NULL;

@@ -149,3 +149,37 @@ def day_of(moment: datetime) -> date:
 def close(actual: float, expected: float, *, rel: float = 0.01) -> bool:
     """Within `rel` relative error (percentiles read from histograms)."""
     return abs(actual - expected) <= rel * abs(expected) + 1e-9
+
+
+EVENT_TYPE_NAMES = {1: "request", 2: "completion", 3: "cancellation"}
+
+
+def from_message(event: Any) -> Raw:
+    """The Raw view of a GenerationEvent a test sent."""
+
+    def optional(name: str) -> Any:
+        return getattr(event, name) if event.HasField(name) else None
+
+    return Raw(
+        event_type=EVENT_TYPE_NAMES[event.event_type],
+        user_id=event.user_id,
+        timestamp=event.timestamp.ToDatetime(tzinfo=UTC),
+        duration_ms=optional("duration_ms"),
+        success=optional("success"),
+        error_type=event.error_type or None,
+        error_message=event.error_message or None,
+        model_checkpoint=event.model_checkpoint or None,
+        queue_length=optional("queue_length"),
+        batch_size=optional("batch_size"),
+    )
+
+
+def window_bounds(days: int, now: datetime) -> tuple[datetime, datetime]:
+    """DESIGN.md §3: whole hours from the start of the current hour minus days x 24 h, to its end."""
+    current = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return current - timedelta(days=days), current + HOUR
+
+
+def in_window(events: Iterable[Raw], days: int, now: datetime) -> list[Raw]:
+    start, end = window_bounds(days, now)
+    return [e for e in events if start <= e.timestamp < end]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from generation_analytics.service.codec import EVENT_TYPE_NAMES
 from generation_analytics.service.errors import InvalidArgument
+from generation_analytics.service.queries.events import EventRecord
+from generation_analytics.v1 import events_pb2
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -24,3 +33,74 @@ def from_timestamp(ts: Timestamp, field: str) -> datetime:
         return ts.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
         raise InvalidArgument(field, f"not a valid timestamp ({exc})") from None
+
+
+def stored_event(record: EventRecord) -> events_pb2.StoredEvent:
+    """A generation_events row as a StoredEvent (NULL columns leave fields unset)."""
+    event = events_pb2.GenerationEvent(
+        event_id=record.event_id,
+        event_type=EVENT_TYPE_VALUES[record.event_type],
+        generation_id=record.generation_id,
+        user_id=record.user_id,
+        timestamp=timestamp(record.timestamp),
+        error_type=record.error_type or "",
+        error_message=record.error_message or "",
+        model_checkpoint=record.model_checkpoint or "",
+        generation_type=record.generation_type or "",
+        attributes=record.attributes,
+    )
+    for name in _OPTIONAL_EVENT_FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            setattr(event, name, value)
+    if record.image_width is not None or record.image_height is not None:
+        event.image_dimensions.width = record.image_width or 0
+        event.image_dimensions.height = record.image_height or 0
+    return events_pb2.StoredEvent(id=record.id, created_at=timestamp(record.created_at), event=event)
+
+
+_OPTIONAL_EVENT_FIELDS = (
+    "duration_ms", "success", "queue_length", "queue_wait_time_ms", "generation_time_ms", "batch_size", "prompt_tokens",
+)  # fmt: skip
+EVENT_TYPE_VALUES = {name: value for value, name in EVENT_TYPE_NAMES.items()}
+_SPECIAL: dict[str, Callable[[Any], Message]] = {"generation_analytics.v1.StoredEvent": stored_event}
+
+M = TypeVar("M", bound=Message)
+
+
+def _enum_value(descriptor: EnumDescriptor, name: str) -> int:
+    """'hourly' -> INTERVAL_HOURLY: the service's lower-case names, with the enum's prefix."""
+    prefix = descriptor.values[0].name.removesuffix("UNSPECIFIED")
+    return descriptor.values_by_name[prefix + name.upper()].number
+
+
+def to_message(obj: Any, message_cls: type[M]) -> M:
+    """Build a message from a dataclass whose field names are the message's (the query results)."""
+    fields_by_name = message_cls.DESCRIPTOR.fields_by_name
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        descriptor = fields_by_name.get(f.name)
+        value = getattr(obj, f.name)
+        if descriptor is None or value is None:
+            continue
+        kwargs[f.name] = _field_value(descriptor, value)
+    return message_cls(**kwargs)
+
+
+def _field_value(descriptor: Any, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_single_value(descriptor, item) for item in value]
+    return _single_value(descriptor, value)
+
+
+def _single_value(descriptor: Any, value: Any) -> Any:
+    if isinstance(value, datetime):
+        return timestamp(value)
+    if descriptor.enum_type is not None and isinstance(value, str):
+        return _enum_value(descriptor.enum_type, value)
+    if descriptor.message_type is not None and dataclasses.is_dataclass(value):
+        special = _SPECIAL.get(descriptor.message_type.full_name)
+        if special:
+            return special(value)
+        return to_message(value, GetMessageClass(descriptor.message_type))
+    return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -21,7 +21,8 @@ import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.capture import EventCapture
-from generation_analytics.service.convert import from_timestamp, timestamp
+from generation_analytics.service.codec import EVENT_TYPE_NAMES
+from generation_analytics.service.convert import from_timestamp, timestamp, to_message
 from generation_analytics.service.errors import (
     AnalyticsError,
     InvalidArgument,
@@ -31,8 +32,16 @@ from generation_analytics.service.errors import (
 )
 from generation_analytics.service.keys import StreamKeys
 from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.queries import AnalyticsQueries
 from generation_analytics.service.status import JobRunStatus, pipeline_status
-from generation_analytics.v1 import events_pb2, events_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc
+from generation_analytics.v1 import (
+    analytics_pb2,
+    analytics_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,3 +218,102 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             duration_s=report.duration_s,
             remaining_dirty_hours=report.remaining_dirty_hours,
         )
+
+
+def _optional(request: Any, name: str) -> Any:
+    return getattr(request, name) if request.HasField(name) else None
+
+
+def _enum_name(value: int, names: Mapping[Any, str], field: str) -> str:
+    try:
+        return names[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown value {value}") from None
+
+
+INTERVAL_NAMES: dict[int, str] = {
+    analytics_pb2.INTERVAL_UNSPECIFIED: "hourly",
+    analytics_pb2.INTERVAL_HOURLY: "hourly",
+    analytics_pb2.INTERVAL_DAILY: "daily",
+}
+ORDER_NAMES: dict[int, str] = {
+    analytics_pb2.EVENT_ORDER_UNSPECIFIED: "newest",
+    analytics_pb2.EVENT_ORDER_NEWEST: "newest",
+    analytics_pb2.EVENT_ORDER_SLOWEST: "slowest",
+}
+EVENT_TYPE_FILTERS: dict[Any, str] = {events_pb2.EVENT_TYPE_UNSPECIFIED: "", **EVENT_TYPE_NAMES}
+
+
+class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
+    """AnalyticsService: requests to `AnalyticsQueries` arguments, results to messages."""
+
+    def __init__(self, queries: AnalyticsQueries) -> None:
+        self._queries = queries
+
+    @grpc_errors
+    async def GetOverview(
+        self, request: analytics_pb2.GetOverviewRequest, context: Context
+    ) -> analytics_pb2.GetOverviewResponse:
+        result = await self._queries.overview(days=_optional(request, "days"))
+        return to_message(result, analytics_pb2.GetOverviewResponse)
+
+    @grpc_errors
+    async def GetTrends(
+        self, request: analytics_pb2.GetTrendsRequest, context: Context
+    ) -> analytics_pb2.GetTrendsResponse:
+        interval = _enum_name(request.interval, INTERVAL_NAMES, "interval")
+        result = await self._queries.trends(days=_optional(request, "days"), interval=interval)
+        return to_message(result, analytics_pb2.GetTrendsResponse)
+
+    @grpc_errors
+    async def GetUserAnalytics(
+        self, request: analytics_pb2.GetUserAnalyticsRequest, context: Context
+    ) -> analytics_pb2.GetUserAnalyticsResponse:
+        result = await self._queries.user(request.user_id, days=_optional(request, "days"))
+        return to_message(result, analytics_pb2.GetUserAnalyticsResponse)
+
+    @grpc_errors
+    async def GetModelPerformance(
+        self, request: analytics_pb2.GetModelPerformanceRequest, context: Context
+    ) -> analytics_pb2.GetModelPerformanceResponse:
+        result = await self._queries.models(days=_optional(request, "days"))
+        return to_message(result, analytics_pb2.GetModelPerformanceResponse)
+
+    @grpc_errors
+    async def GetFailureAnalysis(
+        self, request: analytics_pb2.GetFailureAnalysisRequest, context: Context
+    ) -> analytics_pb2.GetFailureAnalysisResponse:
+        result = await self._queries.failures(days=_optional(request, "days"))
+        return to_message(result, analytics_pb2.GetFailureAnalysisResponse)
+
+    @grpc_errors
+    async def GetPeakHours(
+        self, request: analytics_pb2.GetPeakHoursRequest, context: Context
+    ) -> analytics_pb2.GetPeakHoursResponse:
+        result = await self._queries.peak_hours(days=_optional(request, "days"))
+        return to_message(result, analytics_pb2.GetPeakHoursResponse)
+
+    @grpc_errors
+    async def ListEvents(
+        self, request: analytics_pb2.ListEventsRequest, context: Context
+    ) -> analytics_pb2.ListEventsResponse:
+        page = await self._queries.events(
+            days=_optional(request, "days"),
+            user_id=request.user_id,
+            model_checkpoint=request.model_checkpoint,
+            event_type=_enum_name(request.event_type, EVENT_TYPE_FILTERS, "event_type"),
+            success=_optional(request, "success"),
+            error_type=request.error_type,
+            min_duration_ms=_optional(request, "min_duration_ms"),
+            order=_enum_name(request.order, ORDER_NAMES, "order"),
+            page_size=request.page_size or None,
+            page_token=request.page_token,
+        )
+        return to_message(page, analytics_pb2.ListEventsResponse)
+
+    @grpc_errors
+    async def ListTopUsers(
+        self, request: analytics_pb2.ListTopUsersRequest, context: Context
+    ) -> analytics_pb2.ListTopUsersResponse:
+        result = await self._queries.top_users(days=_optional(request, "days"), limit=_optional(request, "limit"))
+        return to_message(result, analytics_pb2.ListTopUsersResponse)

@@ -15,6 +15,7 @@ from generation_analytics.service.embedded import EmbeddedPostgres, EmbeddedRedi
 from generation_analytics.service.keys import StreamKeys
 from generation_analytics.service.migrate import migrate
 from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.queries import AnalyticsQueries
 from generation_analytics.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Runtime:
     capture: EventCapture
     pool: AsyncConnectionPool
     pipeline: Pipeline
+    queries: AnalyticsQueries
 
     @classmethod
     async def open(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
@@ -82,7 +84,16 @@ class Runtime:
         pipeline = Pipeline(settings)
         if settings.pipeline.scheduler_enabled:
             pipeline.start_schedule()
-        return cls(settings=settings, keys=keys, redis=redis_client, capture=capture, pool=pool, pipeline=pipeline)
+        queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys)
+        return cls(
+            settings=settings,
+            keys=keys,
+            redis=redis_client,
+            capture=capture,
+            pool=pool,
+            pipeline=pipeline,
+            queries=queries,
+        )
 
     async def close(self) -> None:
         await asyncio.to_thread(self.pipeline.close)

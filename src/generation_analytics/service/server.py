@@ -12,10 +12,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from generation_analytics.service.rpc import EventServicer, PipelineServicer
+from generation_analytics.service.rpc import AnalyticsServicer, EventServicer, PipelineServicer
 from generation_analytics.service.runtime import Runtime, start_embedded
 from generation_analytics.service.settings import Settings
-from generation_analytics.v1 import analytics_pb2, events_pb2, events_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc
+from generation_analytics.v1 import (
+    analytics_pb2,
+    analytics_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,7 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
         ]
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(runtime.capture), server)
+    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(runtime.queries), server)
     pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
         PipelineServicer(runtime.pipeline, redis_client=runtime.redis, pool=runtime.pool, keys=runtime.keys), server
     )

@@ -89,6 +89,18 @@ async def stream_status(client: aioredis.Redis, keys: StreamKeys) -> StreamStatu
     return status
 
 
+async def stream_backlog(client: aioredis.Redis, keys: StreamKeys) -> int:
+    """Events accepted but not yet stored: pending + undelivered, in one round trip when Redis >= 7."""
+    try:
+        groups: Any = await client.xinfo_groups(keys.stream)
+    except redis.exceptions.ResponseError:  # no stream / group yet
+        return int(await client.xlen(keys.stream))
+    group = next((g for g in groups if _text(g["name"]) == TRANSFER_GROUP), None)
+    if group is None or group.get("lag") is None:
+        return int(await client.xlen(keys.stream))
+    return int(group["lag"]) + int(group["pending"])
+
+
 DATABASE_STATUS = """
 SELECT (SELECT created_at FROM generation_events ORDER BY id DESC LIMIT 1),
        (SELECT count(*) FROM generation_events),

@@ -1,0 +1,241 @@
+"""Overview, trends and peak hours: all read from generation_metrics_hourly (one row per UTC hour)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from generation_analytics.service.queries.totals import Totals, add_row
+from generation_analytics.service.queries.window import Window, day_start
+
+HOURLY_ROWS = """
+SELECT timestamp AS hour, total_requests AS requests, successful_generations AS successes,
+       failed_generations AS failures, cancelled_generations AS cancellations, duration_count, duration_sum,
+       total_images_generated AS images, queue_length_count AS queue_count, queue_length_sum AS queue_sum,
+       max_queue_length AS max_queue, avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms,
+       unique_users, duration_hist AS hist, user_bitmap AS bitmap
+FROM generation_metrics_hourly
+WHERE timestamp >= %(start)s AND timestamp < %(end)s
+ORDER BY timestamp
+"""
+HOURLY_COUNTS = """
+SELECT timestamp AS hour, total_requests AS requests, successful_generations AS successes,
+       failed_generations AS failures, cancelled_generations AS cancellations,
+       queue_length_count AS queue_count, queue_length_sum AS queue_sum, p95_duration_ms
+FROM generation_metrics_hourly
+WHERE timestamp >= %(start)s AND timestamp < %(end)s
+ORDER BY timestamp
+"""
+# Rollups reflect every event stored before the oldest still-dirty hour of the window was marked.
+DATA_AS_OF = """
+SELECT coalesce(min(marked_at), now()) FROM generation_dirty_hours WHERE hour >= %(start)s AND hour < %(end)s
+"""
+
+
+async def hourly_rows(conn: AsyncConnection[Any], window: Window, *, blobs: bool = True) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(HOURLY_ROWS if blobs else HOURLY_COUNTS, {"start": window.start, "end": window.end})
+        return await cur.fetchall()
+
+
+async def data_as_of(conn: AsyncConnection[Any], window: Window) -> datetime:
+    row = await (await conn.execute(DATA_AS_OF, {"start": window.start, "end": window.end})).fetchone()
+    assert row is not None
+    moment: datetime = row[0]
+    return moment
+
+
+@dataclass
+class Overview:
+    lookback_days: int
+    total_requests: int
+    successful_generations: int
+    failed_generations: int
+    cancelled_generations: int
+    success_rate_pct: float
+    avg_duration_ms: float
+    p50_duration_ms: float
+    p95_duration_ms: float
+    p99_duration_ms: float
+    unique_users: int
+    total_images_generated: int
+    avg_queue_length: float
+    max_queue_length: int
+    data_as_of: datetime
+    pending_events: int
+    window_start: datetime
+    window_end: datetime
+
+
+async def overview(conn: AsyncConnection[Any], window: Window, *, pending_events: int) -> Overview:
+    totals = Totals()
+    for row in await hourly_rows(conn, window):
+        add_row(totals, row)
+    p50, p95, p99 = totals.percentiles(0.5, 0.95, 0.99)
+    return Overview(
+        lookback_days=window.days,
+        total_requests=totals.requests,
+        successful_generations=totals.successes,
+        failed_generations=totals.failures,
+        cancelled_generations=totals.cancellations,
+        success_rate_pct=totals.success_rate * 100,
+        avg_duration_ms=totals.avg_duration_ms,
+        p50_duration_ms=p50,
+        p95_duration_ms=p95,
+        p99_duration_ms=p99,
+        unique_users=totals.unique_users,
+        total_images_generated=totals.images,
+        avg_queue_length=totals.avg_queue_length,
+        max_queue_length=totals.max_queue or 0,
+        data_as_of=await data_as_of(conn, window),
+        pending_events=pending_events,
+        window_start=window.start,
+        window_end=window.end,
+    )
+
+
+@dataclass
+class TrendPoint:
+    timestamp: datetime
+    total_requests: int = 0
+    successful_generations: int = 0
+    failed_generations: int = 0
+    cancelled_generations: int = 0
+    success_rate: float = 0.0
+    avg_duration_ms: float = 0.0
+    p50_duration_ms: float = 0.0
+    p95_duration_ms: float = 0.0
+    p99_duration_ms: float = 0.0
+    unique_users: int = 0
+    avg_queue_length: float = 0.0
+    max_queue_length: int = 0
+    total_images_generated: int = 0
+
+
+@dataclass
+class Trends:
+    interval: str
+    lookback_days: int
+    total_data_points: int
+    data_points: list[TrendPoint] = field(default_factory=list)
+
+
+def _point(start: datetime, totals: Totals, percentiles: list[float], unique_users: int) -> TrendPoint:
+    return TrendPoint(
+        timestamp=start,
+        total_requests=totals.requests,
+        successful_generations=totals.successes,
+        failed_generations=totals.failures,
+        cancelled_generations=totals.cancellations,
+        success_rate=totals.success_rate,
+        avg_duration_ms=totals.avg_duration_ms,
+        p50_duration_ms=percentiles[0],
+        p95_duration_ms=percentiles[1],
+        p99_duration_ms=percentiles[2],
+        unique_users=unique_users,
+        avg_queue_length=totals.avg_queue_length,
+        max_queue_length=totals.max_queue or 0,
+        total_images_generated=totals.images,
+    )
+
+
+async def trends(conn: AsyncConnection[Any], window: Window, *, interval: str) -> Trends:
+    """Zero-filled hourly or daily buckets; an hour's percentiles are exact, a day's within 1%."""
+    rows = await hourly_rows(conn, window)
+    points: list[TrendPoint] = []
+    if interval == "hourly":
+        by_hour = {row["hour"]: row for row in rows}
+        for hour in window.hours:
+            row = by_hour.get(hour)
+            if row is None:
+                points.append(TrendPoint(timestamp=hour))
+                continue
+            totals = Totals()
+            add_row(totals, row)
+            exact = [row["p50_duration_ms"] or 0.0, row["p95_duration_ms"] or 0.0, row["p99_duration_ms"] or 0.0]
+            points.append(_point(hour, totals, exact, row["unique_users"]))
+    else:
+        by_day: dict[date, Totals] = defaultdict(Totals)
+        for row in rows:
+            add_row(by_day[row["hour"].date()], row)
+        for day in window.dates:
+            totals = by_day.get(day, Totals())
+            points.append(_point(day_start(day), totals, totals.percentiles(0.5, 0.95, 0.99), totals.unique_users))
+    return Trends(interval=interval, lookback_days=window.days, total_data_points=len(points), data_points=points)
+
+
+@dataclass
+class PeakHour:
+    hour_of_day: int
+    avg_requests: float
+    total_requests: int
+    avg_p95_duration_ms: float
+    avg_queue_length: float
+
+
+@dataclass
+class HeatmapCell:
+    day_of_week: int
+    hour_of_day: int
+    avg_requests: float
+
+
+@dataclass
+class PeakHours:
+    lookback_days: int
+    peak_hours: list[PeakHour]
+    heatmap: list[HeatmapCell]
+
+
+def day_of_week(moment: datetime) -> int:
+    """0 = Sunday .. 6 = Saturday, as SQL's EXTRACT(DOW)."""
+    return (moment.weekday() + 1) % 7
+
+
+async def peak_hours(conn: AsyncConnection[Any], window: Window) -> PeakHours:
+    """Load per hour of day: requests ÷ how often that hour occurs in the window (empty hours count)."""
+    by_hour = {row["hour"]: row for row in await hourly_rows(conn, window, blobs=False)}
+    occurrences = [0] * 24
+    requests = [0] * 24
+    p95s: list[list[float]] = [[] for _ in range(24)]
+    queue = [[0, 0] for _ in range(24)]
+    slot_occurrences: dict[tuple[int, int], int] = defaultdict(int)
+    slot_requests: dict[tuple[int, int], int] = defaultdict(int)
+    for hour in window.hours:
+        h, slot = hour.hour, (day_of_week(hour), hour.hour)
+        occurrences[h] += 1
+        slot_occurrences[slot] += 1
+        row = by_hour.get(hour)
+        if row is None:
+            continue
+        requests[h] += row["requests"]
+        slot_requests[slot] += row["requests"]
+        if row["p95_duration_ms"] is not None:
+            p95s[h].append(row["p95_duration_ms"])
+        queue[h][0] += row["queue_sum"]
+        queue[h][1] += row["queue_count"]
+    peaks = [
+        PeakHour(
+            hour_of_day=h,
+            avg_requests=requests[h] / occurrences[h] if occurrences[h] else 0.0,
+            total_requests=requests[h],
+            avg_p95_duration_ms=sum(p95s[h]) / len(p95s[h]) if p95s[h] else 0.0,
+            avg_queue_length=queue[h][0] / queue[h][1] if queue[h][1] else 0.0,
+        )
+        for h in range(24)
+    ]
+    heatmap = [
+        HeatmapCell(
+            day_of_week=dow,
+            hour_of_day=h,
+            avg_requests=slot_requests[(dow, h)] / slot_occurrences[(dow, h)] if slot_occurrences[(dow, h)] else 0.0,
+        )
+        for dow in range(7)
+        for h in range(24)
+    ]
+    return PeakHours(lookback_days=window.days, peak_hours=peaks, heatmap=heatmap)

@@ -1,0 +1,99 @@
+"""Summing rollup rows: exact counts and sums, percentiles from merged histograms, users from bitmaps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from generation_analytics.service import sketches
+from generation_analytics.service.queries.window import rate
+
+
+@dataclass
+class Totals:
+    """Additive figures of a set of rollup rows (hours, or hours x a dimension)."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    cancellations: int = 0
+    duration_count: int = 0
+    duration_sum: int = 0
+    images: int = 0
+    queue_count: int = 0
+    queue_sum: int = 0
+    max_queue: int | None = None
+    hists: list[bytes] = field(default_factory=list)
+    bitmaps: list[bytes] = field(default_factory=list)
+
+    def add(
+        self,
+        *,
+        requests: int = 0,
+        successes: int = 0,
+        failures: int = 0,
+        cancellations: int = 0,
+        duration_count: int = 0,
+        duration_sum: int = 0,
+        images: int = 0,
+        queue_count: int = 0,
+        queue_sum: int = 0,
+        max_queue: int | None = None,
+        hist: bytes | None = None,
+        bitmap: bytes | None = None,
+    ) -> None:
+        self.requests += requests
+        self.successes += successes
+        self.failures += failures
+        self.cancellations += cancellations
+        self.duration_count += duration_count
+        self.duration_sum += duration_sum
+        self.images += images
+        self.queue_count += queue_count
+        self.queue_sum += queue_sum
+        if max_queue is not None:
+            self.max_queue = max_queue if self.max_queue is None else max(self.max_queue, max_queue)
+        if hist:
+            self.hists.append(hist)
+        if bitmap:
+            self.bitmaps.append(bitmap)
+
+    @property
+    def completions(self) -> int:
+        return self.successes + self.failures
+
+    @property
+    def success_rate(self) -> float:
+        """successes / completions as a fraction 0..1."""
+        return rate(self.successes, self.completions)
+
+    @property
+    def avg_duration_ms(self) -> float:
+        return self.duration_sum / self.duration_count if self.duration_count else 0.0
+
+    @property
+    def avg_queue_length(self) -> float:
+        return self.queue_sum / self.queue_count if self.queue_count else 0.0
+
+    @property
+    def unique_users(self) -> int:
+        return sketches.union_count(self.bitmaps)
+
+    def percentiles(self, *qs: float) -> list[float]:
+        """Percentiles of the durations (within 1%: read from the merged histograms)."""
+        return sketches.quantiles(sketches.merge(self.hists), qs)
+
+
+def add_row(totals: Totals, row: dict[str, Any]) -> None:
+    """Add a rollup row selected with the column names `Totals.add` takes."""
+    totals.add(**{k: v for k, v in row.items() if k in _ADD_FIELDS and v is not None} | _blobs(row))
+
+
+def _blobs(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("hist", "bitmap") if row.get(k)}
+
+
+_ADD_FIELDS = frozenset(
+    {"requests", "successes", "failures", "cancellations", "duration_count", "duration_sum", "images",
+     "queue_count", "queue_sum", "max_queue"}
+)  # fmt: skip

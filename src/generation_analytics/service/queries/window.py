@@ -1,0 +1,74 @@
+"""Time windows and request checks shared by every query.
+
+A window of `days = N` covers the UTC hours from the start of the current hour minus N x 24 h up to the
+end of the current hour: 24 N + 1 hourly buckets, the last one still filling up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from generation_analytics.service.errors import InvalidArgument
+from generation_analytics.service.validation import canonical_uuid
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+MAX_DAYS = 365
+
+
+@dataclass(frozen=True)
+class Window:
+    days: int
+    start: datetime
+    end: datetime  # exclusive: the end of the current hour
+
+    @property
+    def hours(self) -> list[datetime]:
+        count = int((self.end - self.start) / HOUR)
+        return [self.start + i * HOUR for i in range(count)]
+
+    @property
+    def dates(self) -> list[date]:
+        first, last = self.start.date(), (self.end - HOUR).date()
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def hour_floor(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def window(days: int | None, *, default: int, now: datetime | None = None, field: str = "days") -> Window:
+    """The window for a request's `days` (None: the RPC's default), checked against 1..MAX_DAYS."""
+    if days is None:
+        days = default
+    if not 1 <= days <= MAX_DAYS:
+        raise InvalidArgument(field, f"must be between 1 and {MAX_DAYS} (got {days})")
+    current = hour_floor(now or datetime.now(UTC))
+    return Window(days=days, start=current - days * DAY, end=current + HOUR)
+
+
+def user_uuid(value: str, field: str = "user_id") -> str:
+    """The canonical form of a user id from a request, or INVALID_ARGUMENT."""
+    canonical = canonical_uuid(value) if value else None
+    if canonical is None:
+        raise InvalidArgument(field, "must be a UUID")
+    return canonical
+
+
+def bounded(value: int | None, *, default: int, low: int, high: int, field: str) -> int:
+    """`value` (None: `default`) checked against low..high."""
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high} (got {value})")
+    return value
+
+
+def rate(part: int, whole: int) -> float:
+    """part / whole, 0 when whole is 0 (never NaN, never above 1 for part <= whole)."""
+    return part / whole if whole else 0.0
