@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from generation_analytics.service.gateway import Gateway, start_gateway
 from generation_analytics.service.runtime import Runtime
 from generation_analytics.service.server import GrpcServer, start_grpc
 from generation_analytics.service.settings import Settings
@@ -30,6 +31,8 @@ class LiveServer:
         self.runtime: Runtime = self.call(Runtime.open(settings, run_migrations=False))
         self._grpc: GrpcServer = self.call(start_grpc(self.runtime, listen_addr="127.0.0.1:0"))
         self.address = f"127.0.0.1:{self._grpc.port}"
+        self._gateway: Gateway = self.call(start_gateway(self.runtime, "127.0.0.1:0"))
+        self.http = f"http://127.0.0.1:{self._gateway.port}"
         self.channel = grpc.insecure_channel(self.address)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.analytics = analytics_pb2_grpc.AnalyticsServiceStub(self.channel)
@@ -42,6 +45,7 @@ class LiveServer:
 
     def close(self) -> None:
         self.channel.close()
+        self.call(self._gateway.stop())
         self.call(self._grpc.stop(0))
         self.call(self.runtime.close())
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -19,3 +19,12 @@ SERVICES: list[tuple[ServiceDescriptor, type]] = [
 def test_every_rpc_has_a_server_method(service: ServiceDescriptor, servicer: type) -> None:
     missing = [m.name for m in service.methods if m.name not in vars(servicer)]
     assert missing == [], f"{servicer.__name__} leaves {missing} to the generated UNIMPLEMENTED stub"
+
+
+def test_every_rpc_has_a_client_method() -> None:
+    from generation_analytics.client.client import RPC_METHODS, AnalyticsClient
+
+    rpcs = [m.name for service, _ in SERVICES for m in service.methods]
+    assert sorted(RPC_METHODS) == sorted(rpcs)
+    missing = [name for name in RPC_METHODS.values() if not callable(getattr(AnalyticsClient, name, None))]
+    assert missing == []

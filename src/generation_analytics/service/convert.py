@@ -15,7 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from generation_analytics.service.codec import EVENT_TYPE_NAMES
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.queries.events import EventRecord
-from generation_analytics.v1 import events_pb2
+from generation_analytics.service.status import JobRunStatus, PipelineStatus
+from generation_analytics.v1 import events_pb2, pipeline_pb2
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -104,3 +105,44 @@ def _single_value(descriptor: Any, value: Any) -> Any:
             return special(value)
         return to_message(value, GetMessageClass(descriptor.message_type))
     return value
+
+
+def _job_run(run: JobRunStatus | None) -> pipeline_pb2.JobRun:
+    if run is None:
+        return pipeline_pb2.JobRun()
+    return pipeline_pb2.JobRun(
+        started_at=timestamp(run.started_at),
+        duration_s=run.duration_s,
+        processed=run.processed,
+        error=run.error,
+        last_error_at=timestamp(run.last_error_at),
+        last_error=run.last_error,
+    )
+
+
+def pipeline_status_message(status: PipelineStatus) -> pipeline_pb2.GetPipelineStatusResponse:
+    now = status.now
+
+    def age(moment: datetime | None) -> float:
+        return max((now - moment).total_seconds(), 0.0) if moment is not None else 0.0
+
+    return pipeline_pb2.GetPipelineStatusResponse(
+        stream_length=status.stream.length,
+        pending_entries=status.stream.pending,
+        undelivered_entries=status.stream.undelivered,
+        oldest_untransferred_age_s=age(status.stream.oldest_untransferred_at),
+        dead_letter_count=status.stream.dead_letters,
+        latest_event_at=timestamp(status.latest_event_at),
+        seconds_since_latest_event=age(status.latest_event_at),
+        total_events=status.total_events,
+        latest_hourly_metric_at=timestamp(status.latest_hourly_metric_at),
+        seconds_since_latest_hourly_metric=age(status.latest_hourly_metric_at),
+        total_hours=status.total_hours,
+        hours_with_data=[
+            pipeline_pb2.DayCoverage(day=day.isoformat(), hours_with_data=count)
+            for day, count in status.hours_with_data
+        ],
+        last_transfer=_job_run(status.jobs.get("transfer")),
+        last_aggregation=_job_run(status.jobs.get("aggregation")),
+        dirty_hours=status.dirty_hours,
+    )

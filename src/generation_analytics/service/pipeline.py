@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 import redis
@@ -13,7 +14,7 @@ from generation_analytics.service.aggregate import AggregationReport, Aggregator
 from generation_analytics.service.db import sync_pool
 from generation_analytics.service.keys import StreamKeys
 from generation_analytics.service.retention import RetentionReport, prune
-from generation_analytics.service.scheduler import PipelineJob, PipelineScheduler
+from generation_analytics.service.scheduler import JobObserver, PipelineJob, PipelineScheduler, Report
 from generation_analytics.service.settings import Settings
 from generation_analytics.service.transfer import FailPoint, Transfer, TransferReport
 
@@ -26,7 +27,9 @@ PIPELINE_REDIS_TIMEOUT_S = 10.0
 class Pipeline:
     """The pipeline of one process; `start_schedule` runs it in the background."""
 
-    def __init__(self, settings: Settings, *, fail_point: FailPoint | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, fail_point: FailPoint | None = None, observe: JobObserver | None = None
+    ) -> None:
         self.settings = settings
         self.redis = redis.Redis.from_url(
             settings.redis.url,
@@ -47,15 +50,13 @@ class Pipeline:
         self.aggregator = Aggregator(pool=self.pool, pipeline=settings.pipeline)
         replica = self.transfer.consumer
         pipe = settings.pipeline
-        self.transfer_job = PipelineJob(
-            "transfer", self.transfer.run, interval_s=pipe.transfer_interval_s, pool=self.pool, replica=replica
-        )
-        self.aggregation_job = PipelineJob(
-            "aggregation", self.aggregator.run, interval_s=pipe.aggregation_interval_s, pool=self.pool, replica=replica
-        )
-        self.retention_job = PipelineJob(
-            "retention", self.prune, interval_s=pipe.retention_interval_s, pool=self.pool, replica=replica
-        )
+
+        def job(name: str, body: Callable[[], Report], interval_s: float) -> PipelineJob:
+            return PipelineJob(name, body, interval_s=interval_s, pool=self.pool, replica=replica, observe=observe)
+
+        self.transfer_job = job("transfer", self.transfer.run, pipe.transfer_interval_s)
+        self.aggregation_job = job("aggregation", self.aggregator.run, pipe.aggregation_interval_s)
+        self.retention_job = job("retention", self.prune, pipe.retention_interval_s)
         self.scheduler = PipelineScheduler([self.transfer_job, self.aggregation_job, self.retention_job])
 
     def run_transfer(self) -> TransferReport:

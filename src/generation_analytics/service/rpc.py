@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.capture import EventCapture
 from generation_analytics.service.codec import EVENT_TYPE_NAMES
-from generation_analytics.service.convert import from_timestamp, timestamp, to_message
+from generation_analytics.service.convert import from_timestamp, pipeline_status_message, to_message
 from generation_analytics.service.errors import (
     AnalyticsError,
     InvalidArgument,
@@ -31,9 +32,10 @@ from generation_analytics.service.errors import (
     Unavailable,
 )
 from generation_analytics.service.keys import StreamKeys
+from generation_analytics.service.metrics import ServiceMetrics
 from generation_analytics.service.pipeline import Pipeline
 from generation_analytics.service.queries import AnalyticsQueries
-from generation_analytics.service.status import JobRunStatus, pipeline_status
+from generation_analytics.service.status import pipeline_status
 from generation_analytics.v1 import (
     analytics_pb2,
     analytics_pb2_grpc,
@@ -79,6 +81,8 @@ def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Request, context: Context) -> Response:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except (AnalyticsError, psycopg.Error, psycopg_pool.PoolTimeout, redis.exceptions.RedisError) as exc:
@@ -88,6 +92,13 @@ def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response
             metadata = ((FIELD_METADATA_KEY, exc.field),) if isinstance(exc, InvalidArgument) else ()
             await context.abort(code, str(exc), metadata)
             raise  # unreachable: abort raises
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            metrics: ServiceMetrics | None = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.rpc_duration.labels(method.__name__, code.name).observe(time.perf_counter() - started)
 
     return wrapper
 
@@ -95,8 +106,9 @@ def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response
 class EventServicer(events_pb2_grpc.EventServiceServicer):
     """EventService: the write path."""
 
-    def __init__(self, capture: EventCapture) -> None:
+    def __init__(self, capture: EventCapture, metrics: ServiceMetrics | None = None) -> None:
         self._capture = capture
+        self.metrics = metrics
 
     @grpc_errors
     async def RecordEvent(
@@ -104,7 +116,14 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> events_pb2.RecordEventResponse:
         if not request.HasField("event"):
             raise InvalidArgument("event", "is required")
-        event_id = await self._capture.record(request.event)
+        try:
+            event_id = await self._capture.record(request.event)
+        except InvalidArgument as exc:
+            if self.metrics:
+                self.metrics.events_rejected.labels(exc.field.removeprefix("event.")).inc()
+            raise
+        if self.metrics:
+            self.metrics.events_received.inc()
         return events_pb2.RecordEventResponse(event_id=event_id)
 
     @grpc_errors
@@ -112,6 +131,10 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.RecordEventsRequest, context: Context
     ) -> events_pb2.RecordEventsResponse:
         result = await self._capture.record_many(request.events)
+        if self.metrics:
+            self.metrics.events_received.inc(result.accepted_count)
+            for _, field, _ in result.rejections:
+                self.metrics.events_rejected.labels(field).inc()
         return events_pb2.RecordEventsResponse(
             accepted_count=result.accepted_count,
             event_ids=result.event_ids,
@@ -125,25 +148,19 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 MAX_AGGREGATION_RANGE = timedelta(days=400)
 
 
-def _job_run(run: JobRunStatus | None) -> pipeline_pb2.JobRun:
-    if run is None:
-        return pipeline_pb2.JobRun()
-    return pipeline_pb2.JobRun(
-        started_at=timestamp(run.started_at),
-        duration_s=run.duration_s,
-        processed=run.processed,
-        error=run.error,
-        last_error_at=timestamp(run.last_error_at),
-        last_error=run.last_error,
-    )
-
-
 class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     """PipelineService: the seed's monitoring queries and manual runs, as RPCs."""
 
     def __init__(
-        self, pipeline: Pipeline, *, redis_client: aioredis.Redis, pool: AsyncConnectionPool, keys: StreamKeys
+        self,
+        pipeline: Pipeline,
+        *,
+        redis_client: aioredis.Redis,
+        pool: AsyncConnectionPool,
+        keys: StreamKeys,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self._pipeline = pipeline
         self._redis = redis_client
         self._pool = pool
@@ -154,31 +171,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_pb2.GetPipelineStatusRequest, context: Context
     ) -> pipeline_pb2.GetPipelineStatusResponse:
         status = await pipeline_status(self._redis, self._pool, self._keys)
-        now = status.now
-
-        def age(moment: object) -> float:
-            return (now - moment).total_seconds() if moment is not None else 0.0  # type: ignore[operator]
-
-        return pipeline_pb2.GetPipelineStatusResponse(
-            stream_length=status.stream.length,
-            pending_entries=status.stream.pending,
-            undelivered_entries=status.stream.undelivered,
-            oldest_untransferred_age_s=max(age(status.stream.oldest_untransferred_at), 0.0),
-            dead_letter_count=status.stream.dead_letters,
-            latest_event_at=timestamp(status.latest_event_at),
-            seconds_since_latest_event=age(status.latest_event_at),
-            total_events=status.total_events,
-            latest_hourly_metric_at=timestamp(status.latest_hourly_metric_at),
-            seconds_since_latest_hourly_metric=age(status.latest_hourly_metric_at),
-            total_hours=status.total_hours,
-            hours_with_data=[
-                pipeline_pb2.DayCoverage(day=day.isoformat(), hours_with_data=count)
-                for day, count in status.hours_with_data
-            ],
-            last_transfer=_job_run(status.jobs.get("transfer")),
-            last_aggregation=_job_run(status.jobs.get("aggregation")),
-            dirty_hours=status.dirty_hours,
-        )
+        return pipeline_status_message(status)
 
     @grpc_errors
     async def RunTransfer(
@@ -247,8 +240,9 @@ EVENT_TYPE_FILTERS: dict[Any, str] = {events_pb2.EVENT_TYPE_UNSPECIFIED: "", **E
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     """AnalyticsService: requests to `AnalyticsQueries` arguments, results to messages."""
 
-    def __init__(self, queries: AnalyticsQueries) -> None:
+    def __init__(self, queries: AnalyticsQueries, metrics: ServiceMetrics | None = None) -> None:
         self._queries = queries
+        self.metrics = metrics
 
     @grpc_errors
     async def GetOverview(

@@ -13,6 +13,7 @@ from generation_analytics.service.capture import EventCapture, connect_redis
 from generation_analytics.service.db import async_pool
 from generation_analytics.service.embedded import EmbeddedPostgres, EmbeddedRedis
 from generation_analytics.service.keys import StreamKeys
+from generation_analytics.service.metrics import ServiceMetrics
 from generation_analytics.service.migrate import migrate
 from generation_analytics.service.pipeline import Pipeline
 from generation_analytics.service.queries import AnalyticsQueries
@@ -63,6 +64,7 @@ class Runtime:
     pool: AsyncConnectionPool
     pipeline: Pipeline
     queries: AnalyticsQueries
+    metrics: ServiceMetrics
 
     @classmethod
     async def open(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
@@ -81,7 +83,8 @@ class Runtime:
             timeout_s=settings.redis.socket_timeout_s,
         )
         pool = await async_pool(settings.postgres, name="queries")
-        pipeline = Pipeline(settings)
+        metrics = ServiceMetrics()
+        pipeline = Pipeline(settings, observe=metrics.observe_job)
         if settings.pipeline.scheduler_enabled:
             pipeline.start_schedule()
         queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys)
@@ -93,6 +96,7 @@ class Runtime:
             pool=pool,
             pipeline=pipeline,
             queries=queries,
+            metrics=metrics,
         )
 
     async def close(self) -> None:

@@ -29,6 +29,10 @@ class Report(Protocol):
     def processed(self) -> int: ...
 
 
+class JobObserver(Protocol):
+    def __call__(self, job: str, *, duration_s: float, processed: int, failed: bool) -> None: ...
+
+
 RECORD_RUN = """
 INSERT INTO pipeline_job_runs AS r (job, replica, started_at, duration_s, processed, error, last_error, last_error_at)
 VALUES (%(job)s, %(replica)s, %(started_at)s, %(duration_s)s, %(processed)s, %(error)s, %(error)s,
@@ -53,9 +57,17 @@ class PipelineJob:
     """One periodic job: runs `body`, records the run, backs off after failures."""
 
     def __init__(
-        self, name: str, body: Callable[[], Report], *, interval_s: float, pool: ConnectionPool, replica: str
+        self,
+        name: str,
+        body: Callable[[], Report],
+        *,
+        interval_s: float,
+        pool: ConnectionPool,
+        replica: str,
+        observe: JobObserver | None = None,
     ) -> None:
         self.name = name
+        self._observe = observe
         self.interval_s = interval_s
         self._body = body
         self._pool = pool
@@ -86,11 +98,15 @@ class PipelineJob:
             log.exception("%s failed (%d in a row); next attempt in %.0f s", self.name, self.failures, backoff)
             self.last_run = JobRun(started_at, time.monotonic() - started, 0, error)
             self._record(self.last_run)
+            if self._observe:
+                self._observe(self.name, duration_s=self.last_run.duration_s, processed=0, failed=True)
             if raise_errors:
                 raise
             return None
         self.last_run = JobRun(started_at, time.monotonic() - started, report.processed, None)
         self._record(self.last_run)
+        if self._observe:
+            self._observe(self.name, duration_s=self.last_run.duration_s, processed=report.processed, failed=False)
         return report
 
     def _record(self, run: JobRun) -> None:

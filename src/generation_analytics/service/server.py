@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from generation_analytics.service.gateway import start_gateway
+from generation_analytics.service.migrate import migrate
+from generation_analytics.service.pipeline import Pipeline
 from generation_analytics.service.rpc import AnalyticsServicer, EventServicer, PipelineServicer
 from generation_analytics.service.runtime import Runtime, start_embedded
 from generation_analytics.service.settings import Settings
@@ -60,11 +64,13 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
             ("grpc.so_reuseport", 0),
         ]
     )
-    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(runtime.capture), server)
-    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(runtime.queries), server)
-    pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
-        PipelineServicer(runtime.pipeline, redis_client=runtime.redis, pool=runtime.pool, keys=runtime.keys), server
+    metrics = runtime.metrics
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(runtime.capture, metrics), server)
+    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(runtime.queries, metrics), server)
+    pipeline = PipelineServicer(
+        runtime.pipeline, redis_client=runtime.redis, pool=runtime.pool, keys=runtime.keys, metrics=metrics
     )
+    pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(pipeline, server)
 
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -91,14 +97,37 @@ async def serve(settings: Settings) -> None:
         runtime = await Runtime.open(settings)
         try:
             grpc_server = await start_grpc(runtime)
+            gateway = await start_gateway(runtime, settings.server.http_addr) if settings.server.http_addr else None
             stop = asyncio.Event()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
             log.info("serving; SIGTERM or Ctrl-C stops")
             await stop.wait()
             log.info("shutting down (grace %.1f s)", settings.server.shutdown_grace_s)
+            if gateway:
+                await gateway.stop()
             await grpc_server.stop(settings.server.shutdown_grace_s)
         finally:
             await runtime.close()
     finally:
         await asyncio.to_thread(embedded.stop)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run only the pipeline (transfer, aggregation, retention) until SIGTERM/SIGINT.
+
+    For deployments that scale the pipeline apart from the gRPC front end; replicas of either kind
+    share the work safely. Needs an explicit Postgres DSN and Redis URL.
+    """
+    if settings.embedded:
+        raise SystemExit("worker needs GA_POSTGRES_DSN and GA_REDIS_URL (the embedded servers belong to `serve`)")
+    migrate(settings.postgres.dsn)
+    pipeline = Pipeline(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    pipeline.start_schedule()
+    log.info("pipeline worker running; SIGTERM or Ctrl-C stops")
+    stop.wait()
+    log.info("pipeline worker stopping")
+    pipeline.close()

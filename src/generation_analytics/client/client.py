@@ -1,0 +1,212 @@
+"""`AnalyticsClient`: every RPC of the three services, with timeouts, retries and one error type."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from generation_analytics.client.errors import AnalyticsClientError
+from generation_analytics.v1 import (
+    analytics_pb2,
+    analytics_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
+)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+INTERVALS = {"hourly": analytics_pb2.INTERVAL_HOURLY, "daily": analytics_pb2.INTERVAL_DAILY}
+ORDERS = {"newest": analytics_pb2.EVENT_ORDER_NEWEST, "slowest": analytics_pb2.EVENT_ORDER_SLOWEST}
+EVENT_TYPE_FILTERS = {
+    "": events_pb2.EVENT_TYPE_UNSPECIFIED,
+    "request": events_pb2.EVENT_TYPE_REQUEST,
+    "completion": events_pb2.EVENT_TYPE_COMPLETION,
+    "cancellation": events_pb2.EVENT_TYPE_CANCELLATION,
+}
+
+# RPC -> client method: the contract test checks that every RPC of the descriptors is here.
+RPC_METHODS = {
+    "RecordEvent": "record_event",
+    "RecordEvents": "record_events",
+    "GetOverview": "overview",
+    "GetTrends": "trends",
+    "GetUserAnalytics": "user",
+    "GetModelPerformance": "models",
+    "GetFailureAnalysis": "failures",
+    "GetPeakHours": "peak_hours",
+    "ListEvents": "events",
+    "ListTopUsers": "top_users",
+    "GetPipelineStatus": "pipeline_status",
+    "RunTransfer": "run_transfer",
+    "RunAggregation": "run_aggregation",
+}
+
+R = TypeVar("R")
+
+
+def _timestamp(moment: datetime) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromDatetime(moment.astimezone(UTC))
+    return ts
+
+
+class AnalyticsClient:
+    """A blocking client for Generation Analytics.
+
+    Every call has a deadline (`timeout_s`) and is retried on UNAVAILABLE / RESOURCE_EXHAUSTED /
+    DEADLINE_EXCEEDED with exponential backoff and jitter: all calls are safe to retry (queries read;
+    events carry client-chosen event_ids, so a retried record is stored once).
+
+    Raises:
+        AnalyticsClientError: from every method, with the status code and (for bad input) the field.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._own_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+        )
+        self._events = events_pb2_grpc.EventServiceStub(self._channel)
+        self._analytics = analytics_pb2_grpc.AnalyticsServiceStub(self._channel)
+        self._pipeline = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> AnalyticsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., R], request: Any, *, timeout_s: float | None = None) -> R:
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=timeout_s or self.timeout_s)
+            except grpc.RpcError as exc:
+                error = AnalyticsClientError.from_rpc_error(exc)
+                if not error.retryable or attempt >= self.retries:
+                    raise error from None
+                time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+                attempt += 1
+
+    # EventService
+
+    def record_event(self, event: events_pb2.GenerationEvent) -> str:
+        """Record one event (build it with `build_event`); returns its event_id."""
+        return self._call(self._events.RecordEvent, events_pb2.RecordEventRequest(event=event)).event_id
+
+    def record_events(self, events: Sequence[events_pb2.GenerationEvent]) -> events_pb2.RecordEventsResponse:
+        """Record a batch; invalid events come back in `rejections`, the valid ones are kept."""
+        return self._call(self._events.RecordEvents, events_pb2.RecordEventsRequest(events=events))
+
+    # AnalyticsService
+
+    def overview(self, days: int | None = None) -> analytics_pb2.GetOverviewResponse:
+        return self._call(self._analytics.GetOverview, analytics_pb2.GetOverviewRequest(days=days))
+
+    def trends(self, days: int | None = None, interval: str = "hourly") -> analytics_pb2.GetTrendsResponse:
+        if interval not in INTERVALS:
+            raise ValueError(f"interval must be one of {', '.join(INTERVALS)}")
+        request = analytics_pb2.GetTrendsRequest(days=days, interval=INTERVALS[interval])
+        return self._call(self._analytics.GetTrends, request)
+
+    def user(self, user_id: str, days: int | None = None) -> analytics_pb2.GetUserAnalyticsResponse:
+        request = analytics_pb2.GetUserAnalyticsRequest(user_id=user_id, days=days)
+        return self._call(self._analytics.GetUserAnalytics, request)
+
+    def models(self, days: int | None = None) -> analytics_pb2.GetModelPerformanceResponse:
+        return self._call(self._analytics.GetModelPerformance, analytics_pb2.GetModelPerformanceRequest(days=days))
+
+    def failures(self, days: int | None = None) -> analytics_pb2.GetFailureAnalysisResponse:
+        return self._call(self._analytics.GetFailureAnalysis, analytics_pb2.GetFailureAnalysisRequest(days=days))
+
+    def peak_hours(self, days: int | None = None) -> analytics_pb2.GetPeakHoursResponse:
+        return self._call(self._analytics.GetPeakHours, analytics_pb2.GetPeakHoursRequest(days=days))
+
+    def events(
+        self,
+        *,
+        days: int | None = None,
+        user_id: str = "",
+        model_checkpoint: str = "",
+        event_type: str = "",
+        success: bool | None = None,
+        error_type: str = "",
+        min_duration_ms: int | None = None,
+        order: str = "newest",
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> analytics_pb2.ListEventsResponse:
+        """One page of raw events; pass `next_page_token` back (with the same filters) for the next."""
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+        if event_type not in EVENT_TYPE_FILTERS:
+            raise ValueError(f"event_type must be one of {', '.join(t for t in EVENT_TYPE_FILTERS if t)}")
+        request = analytics_pb2.ListEventsRequest(
+            days=days,
+            user_id=user_id,
+            model_checkpoint=model_checkpoint,
+            event_type=EVENT_TYPE_FILTERS[event_type],
+            success=success,
+            error_type=error_type,
+            min_duration_ms=min_duration_ms,
+            order=ORDERS[order],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(self._analytics.ListEvents, request)
+
+    def iter_events(self, **filters: Any) -> Iterator[events_pb2.StoredEvent]:
+        """Every event matching `filters` (the arguments of `events`), page after page."""
+        token = ""
+        while True:
+            page = self.events(**filters, page_token=token)
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def top_users(self, days: int | None = None, limit: int | None = None) -> analytics_pb2.ListTopUsersResponse:
+        return self._call(self._analytics.ListTopUsers, analytics_pb2.ListTopUsersRequest(days=days, limit=limit))
+
+    # PipelineService
+
+    def pipeline_status(self) -> pipeline_pb2.GetPipelineStatusResponse:
+        return self._call(self._pipeline.GetPipelineStatus, pipeline_pb2.GetPipelineStatusRequest())
+
+    def run_transfer(self, *, timeout_s: float = 120.0) -> pipeline_pb2.RunTransferResponse:
+        return self._call(self._pipeline.RunTransfer, pipeline_pb2.RunTransferRequest(), timeout_s=timeout_s)
+
+    def run_aggregation(
+        self, start_hour: datetime | None = None, end_hour: datetime | None = None, *, timeout_s: float = 300.0
+    ) -> pipeline_pb2.RunAggregationResponse:
+        """Recompute dirty hours now, or (with both bounds) every hour of the range."""
+        request = pipeline_pb2.RunAggregationRequest()
+        if start_hour is not None:
+            request.start_hour.CopyFrom(_timestamp(start_hour))
+        if end_hour is not None:
+            request.end_hour.CopyFrom(_timestamp(end_hour))
+        return self._call(self._pipeline.RunAggregation, request, timeout_s=timeout_s)

@@ -1,0 +1,220 @@
+"""HTTP JSON gateway: the seed document's REST paths, answered by the same query code as gRPC.
+
+Responses are the RPCs' messages rendered by `client.jsonify`: proto field names, every field present,
+numbers as JSON numbers, RFC 3339 times. Bad parameters answer 400 with
+`{"error": {"code": "INVALID_ARGUMENT", "field": ..., "message": ...}}`; other failures use the same
+exception -> status mapping as gRPC (rpc.status_for), translated to HTTP once here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.message import Message
+
+from generation_analytics.client.jsonify import to_jsonable
+from generation_analytics.service.convert import pipeline_status_message, to_message
+from generation_analytics.service.errors import InvalidArgument
+from generation_analytics.service.metrics import CONTENT_TYPE
+from generation_analytics.service.rpc import status_for
+from generation_analytics.service.runtime import Runtime
+from generation_analytics.service.status import pipeline_status, stream_status
+from generation_analytics.v1 import analytics_pb2
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/analytics/generation"
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+
+
+class Params:
+    """A request's query string, read with types; unknown names are refused (they are usually typos)."""
+
+    def __init__(self, request: web.Request, allowed: frozenset[str]) -> None:
+        self._query = request.query
+        unknown = sorted(set(self._query) - allowed)
+        if unknown:
+            raise InvalidArgument(unknown[0], f"unknown parameter (known: {', '.join(sorted(allowed)) or 'none'})")
+
+    def text(self, name: str, default: str = "") -> str:
+        return self._query.get(name, default)
+
+    def integer(self, name: str) -> int | None:
+        raw = self._query.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidArgument(name, f"must be an integer (got {raw!r})") from None
+
+    def boolean(self, name: str) -> bool | None:
+        raw = self._query.get(name, "").lower()
+        if raw == "":
+            return None
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise InvalidArgument(name, f"must be true or false (got {raw!r})")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as a JSON body with the HTTP status matching the gRPC code of the same error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, "NOT_FOUND" if exc.status == 404 else exc.reason, exc.reason)
+    except Exception as exc:  # mapped, and logged when unexpected
+        code = status_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, code.name, "internal error")
+        field = exc.field if isinstance(exc, InvalidArgument) else None
+        return _error(HTTP_STATUS.get(code, 500), code.name, str(exc), field)
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return web.json_response({"error": body}, status=status)
+
+
+def _reply(message: Message) -> web.Response:
+    return web.json_response(to_jsonable(message))
+
+
+DAYS = frozenset({"days"})
+EVENT_FILTERS = frozenset(
+    {"days", "user_id", "model_checkpoint", "event_type", "success", "error_type", "min_duration_ms", "order",
+     "page_size", "page_token"}
+)  # fmt: skip
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    queries = runtime.queries
+
+    async def overview(request: web.Request) -> web.Response:
+        p = Params(request, DAYS)
+        return _reply(to_message(await queries.overview(days=p.integer("days")), analytics_pb2.GetOverviewResponse))
+
+    async def trends(request: web.Request) -> web.Response:
+        p = Params(request, frozenset({"days", "interval"}))
+        result = await queries.trends(days=p.integer("days"), interval=p.text("interval", "hourly"))
+        return _reply(to_message(result, analytics_pb2.GetTrendsResponse))
+
+    async def user(request: web.Request) -> web.Response:
+        p = Params(request, DAYS)
+        result = await queries.user(request.match_info["user_id"], days=p.integer("days"))
+        return _reply(to_message(result, analytics_pb2.GetUserAnalyticsResponse))
+
+    async def models(request: web.Request) -> web.Response:
+        p = Params(request, DAYS)
+        return _reply(
+            to_message(await queries.models(days=p.integer("days")), analytics_pb2.GetModelPerformanceResponse)
+        )
+
+    async def failures(request: web.Request) -> web.Response:
+        p = Params(request, DAYS)
+        result = await queries.failures(days=p.integer("days"))
+        return _reply(to_message(result, analytics_pb2.GetFailureAnalysisResponse))
+
+    async def peak_hours(request: web.Request) -> web.Response:
+        p = Params(request, DAYS)
+        return _reply(to_message(await queries.peak_hours(days=p.integer("days")), analytics_pb2.GetPeakHoursResponse))
+
+    async def events(request: web.Request) -> web.Response:
+        p = Params(request, EVENT_FILTERS)
+        page = await queries.events(
+            days=p.integer("days"),
+            user_id=p.text("user_id"),
+            model_checkpoint=p.text("model_checkpoint"),
+            event_type=p.text("event_type"),
+            success=p.boolean("success"),
+            error_type=p.text("error_type"),
+            min_duration_ms=p.integer("min_duration_ms"),
+            order=p.text("order", "newest"),
+            page_size=p.integer("page_size"),
+            page_token=p.text("page_token"),
+        )
+        return _reply(to_message(page, analytics_pb2.ListEventsResponse))
+
+    async def top_users(request: web.Request) -> web.Response:
+        p = Params(request, frozenset({"days", "limit"}))
+        result = await queries.top_users(days=p.integer("days"), limit=p.integer("limit"))
+        return _reply(to_message(result, analytics_pb2.ListTopUsersResponse))
+
+    async def status(request: web.Request) -> web.Response:
+        Params(request, frozenset())
+        return _reply(pipeline_status_message(await pipeline_status(runtime.redis, runtime.pool, runtime.keys)))
+
+    async def metrics(request: web.Request) -> web.Response:
+        try:
+            stream = await stream_status(runtime.redis, runtime.keys)
+        except Exception as exc:  # a scrape must still answer while Redis is down
+            log.warning("metrics: cannot read the stream: %s", exc)
+            stream = None
+        body = runtime.metrics.render(stream, time.time())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "SERVING"})
+
+    app = web.Application(middlewares=[json_errors])
+    app.add_routes(
+        [
+            web.get(f"{PREFIX}/overview", overview),
+            web.get(f"{PREFIX}/trends", trends),
+            web.get(f"{PREFIX}/users", top_users),
+            web.get(f"{PREFIX}/users/{{user_id}}", user),
+            web.get(f"{PREFIX}/models", models),
+            web.get(f"{PREFIX}/failures", failures),
+            web.get(f"{PREFIX}/peak-hours", peak_hours),
+            web.get(f"{PREFIX}/events", events),
+            web.get(f"{PREFIX}/pipeline/status", status),
+            web.get("/metrics", metrics),
+            web.get("/healthz", health),
+        ]
+    )
+    return app
+
+
+@dataclass
+class Gateway:
+    runner: web.AppRunner
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_gateway(runtime: Runtime, addr: str) -> Gateway:
+    """Serve the gateway on `addr` ("host:port"; port 0 picks a free one)."""
+    host, _, port = addr.rpartition(":")
+    runner = web.AppRunner(build_app(runtime), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    await site.start()
+    server: Any = site._server  # aiohttp exposes the bound sockets only here
+    bound = server.sockets[0].getsockname()[1] if server and server.sockets else int(port)
+    log.info("HTTP gateway listening on http://%s:%d%s", host or "127.0.0.1", bound, PREFIX)
+    return Gateway(runner=runner, port=bound)

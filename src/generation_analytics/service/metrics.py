@@ -1,0 +1,61 @@
+"""Prometheus metrics of the service itself, served at /metrics by the HTTP gateway.
+
+Each Runtime has its own registry (tests run several servers in one process). Stream figures are
+read from Redis when /metrics is scraped, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from generation_analytics.service.status import StreamStatus
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter("ga_events_received_total", "Events accepted into the stream", registry=r)
+        self.events_rejected = Counter(
+            "ga_events_rejected_total", "Events refused by validation", ["field"], registry=r
+        )
+        self.rpc_duration = Histogram(
+            "ga_rpc_duration_seconds",
+            "gRPC call latency by method and status code",
+            ["method", "code"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.stream_backlog = Gauge("ga_stream_backlog", "Events accepted but not yet in Postgres", registry=r)
+        self.stream_length = Gauge("ga_stream_length", "Entries in the Redis stream", registry=r)
+        self.transfer_lag = Gauge(
+            "ga_transfer_lag_seconds", "Age of the oldest event not yet in Postgres (0 when none)", registry=r
+        )
+        self.dead_letters = Gauge("ga_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.job_runs = Counter("ga_job_runs_total", "Pipeline job runs by outcome", ["job", "outcome"], registry=r)
+        self.job_duration = Histogram(
+            "ga_job_duration_seconds",
+            "Pipeline job run time",
+            ["job"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.job_processed = Counter(
+            "ga_job_processed_total", "Events transferred / hours aggregated / rows pruned", ["job"], registry=r
+        )
+
+    def observe_job(self, job: str, *, duration_s: float, processed: int, failed: bool) -> None:
+        self.job_runs.labels(job, "failure" if failed else "success").inc()
+        self.job_duration.labels(job).observe(duration_s)
+        self.job_processed.labels(job).inc(processed)
+
+    def render(self, stream: StreamStatus | None, now_s: float) -> bytes:
+        if stream is not None:
+            self.stream_backlog.set(stream.backlog)
+            self.stream_length.set(stream.length)
+            self.dead_letters.set(stream.dead_letters)
+            oldest = stream.oldest_untransferred_at
+            self.transfer_lag.set(max(0.0, now_s - oldest.timestamp()) if oldest else 0.0)
+        return generate_latest(self.registry)
