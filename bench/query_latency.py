@@ -79,9 +79,9 @@ def start_server(dsn: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def sample_users(dsn: str) -> list[str]:
-    """Heavy, medium and light users of the last 30 days (by daily rollup), plus an unknown one."""
+    """Heavy, medium and light users (by their running totals), plus an unknown one."""
     with psycopg.connect(dsn) as conn:
-        query = "SELECT user_id::text FROM generation_user_metrics_daily GROUP BY 1 ORDER BY sum(total_requests) DESC"
+        query = "SELECT user_id::text FROM generation_user_metrics_hourly GROUP BY 1 ORDER BY max(cum_requests) DESC"
         ranked = [r[0] for r in conn.execute(query).fetchall()]
     picks = [ranked[0], ranked[1], ranked[len(ranked) // 10], ranked[len(ranked) // 2], ranked[-1]]
     return [*picks, str(uuid.uuid4())]

@@ -23,7 +23,7 @@ T = TypeVar("T")
 class LiveServer:
     """The service in a thread: `address` to dial, stubs over a real channel, and its runtime."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, http_addr: str = "127.0.0.1:0") -> None:
         self.settings = settings
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="live-server", daemon=True)
@@ -31,7 +31,7 @@ class LiveServer:
         self.runtime: Runtime = self.call(Runtime.open(settings, run_migrations=False))
         self._grpc: GrpcServer = self.call(start_grpc(self.runtime, listen_addr="127.0.0.1:0"))
         self.address = f"127.0.0.1:{self._grpc.port}"
-        self._gateway: Gateway = self.call(start_gateway(self.runtime, "127.0.0.1:0"))
+        self._gateway: Gateway = self.call(start_gateway(self.runtime, http_addr))
         self.http = f"http://127.0.0.1:{self._gateway.port}"
         self.channel = grpc.insecure_channel(self.address)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)

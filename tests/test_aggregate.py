@@ -68,7 +68,7 @@ def reset(settings: Settings, client: redis.Redis) -> None:
         conn.execute(
             "TRUNCATE generation_events, generation_dirty_hours, generation_metrics_hourly,"
             " generation_model_metrics_hourly, generation_error_metrics_hourly, generation_user_metrics_hourly,"
-            " generation_user_metrics_daily, generation_events_dead_letter"
+            " generation_model_metrics_daily, generation_error_metrics_daily, generation_events_dead_letter"
         )
     client.delete(StreamKeys(settings.redis.namespace).stream)
 
@@ -168,17 +168,53 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert row[12] == dict(ref.model_counts(group))
         assert int(sketches.merge([row[13]]).sum()) == len(s.durations)
 
-    daily = fetch(
+    running = fetch(
         dsn,
-        "SELECT day, user_id::text, total_requests, successful_generations, failed_generations,"
-        " cancelled_generations, duration_count, duration_sum, last_event_at FROM generation_user_metrics_daily",
+        "SELECT user_id::text, hour, cum_requests, cum_successes, cum_failures, cum_cancellations,"
+        " cum_duration_count, cum_duration_sum FROM generation_user_metrics_hourly",
     )
-    by_day = ref.group(raw, lambda e: (ref.day_of(e.timestamp), e.user_id))
-    assert {(r[0], r[1]) for r in daily} == set(by_day)
-    for row in daily:
-        s = ref.summarize(by_day[(row[0], row[1])])
+    for row in running:
+        s = ref.summarize(e for e in raw if e.user_id == row[0] and e.hour <= row[1])
         assert row[2:] == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
-                           sum(s.durations), s.last_at)  # fmt: skip
+                           sum(s.durations))  # fmt: skip
+
+    model_days = fetch(
+        dsn,
+        "SELECT day, model_checkpoint, total_requests, successful_generations, failed_generations,"
+        " cancelled_generations, duration_count, duration_sum, total_images_generated, last_used_at, duration_hist"
+        " FROM generation_model_metrics_daily",
+    )
+    by_model_day = ref.group(
+        raw, lambda e: (ref.day_of(e.timestamp), e.model_checkpoint) if e.model_checkpoint else None
+    )
+    assert {(r[0], r[1]) for r in model_days} == set(by_model_day)
+    for row in model_days:
+        s = ref.summarize(by_model_day[(row[0], row[1])])
+        assert row[2:10] == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
+                             sum(s.durations), s.images, s.last_at)  # fmt: skip
+        expected_hist = sketches.merge(
+            sketches.encode({sketches.bucket_of(d): 1}) for d in s.durations
+        )  # the day's durations, bucketed independently
+        got_hist = sketches.merge([row[10]])
+        assert got_hist.sum() == len(s.durations)
+        assert list(got_hist[got_hist.nonzero()]) == list(expected_hist[expected_hist.nonzero()])
+
+    error_days = fetch(
+        dsn,
+        "SELECT day, error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages,"
+        " model_counts, user_bitmap FROM generation_error_metrics_daily",
+    )
+    by_error_day = ref.group(raw, lambda e: (ref.day_of(e.timestamp), e.error_type or "") if e.failed else None)
+    assert {(r[0], r[1]) for r in error_days} == set(by_error_day)
+    for row in error_days:
+        group = by_error_day[(row[0], row[1])]
+        durations = [e.duration_ms for e in group if e.duration_ms is not None]
+        assert row[2:7] == (len(group), len(durations), sum(durations), min(e.timestamp for e in group),
+                            max(e.timestamp for e in group))  # fmt: skip
+        messages = {e.error_message for e in group if e.error_message}
+        assert set(row[7]) <= messages and len(row[7]) == min(5, len(messages))
+        assert row[8] == dict(ref.model_counts(group))
+        assert sketches.union_count([row[9]]) == len({e.user_id for e in group})
 
 
 def transfer_and_aggregate(pipeline: Pipeline) -> None:
@@ -207,7 +243,8 @@ def snapshot(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
         "generation_model_metrics_hourly": "hour, model_checkpoint",
         "generation_error_metrics_hourly": "hour, error_type",
         "generation_user_metrics_hourly": "user_id, hour",
-        "generation_user_metrics_daily": "day, user_id",
+        "generation_model_metrics_daily": "day, model_checkpoint",
+        "generation_error_metrics_daily": "day, error_type",
     }
     result = {}
     with psycopg.connect(dsn) as conn:

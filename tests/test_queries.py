@@ -85,7 +85,7 @@ def reset(server: LiveServer, redis_url: str) -> None:
         conn.execute(
             "TRUNCATE generation_events, generation_dirty_hours, generation_metrics_hourly,"
             " generation_model_metrics_hourly, generation_error_metrics_hourly, generation_user_metrics_hourly,"
-            " generation_user_metrics_daily"
+            " generation_model_metrics_daily, generation_error_metrics_daily"
         )
     client = redis.Redis.from_url(redis_url)
     client.delete(server.runtime.keys.stream)

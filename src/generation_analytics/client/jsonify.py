@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _TIMESTAMP = "google.protobuf.Timestamp"
@@ -39,7 +38,7 @@ def to_jsonable(message: Message) -> dict[str, Any]:
 
 def _field(message: Message, field: Any) -> Any:
     value = getattr(message, field.name)
-    if field.label == FieldDescriptor.LABEL_REPEATED:
+    if field.is_repeated:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             return dict(value)
         return [_single(field, item) for item in value]

@@ -3,9 +3,9 @@
 Hours are recomputed from generation_events as a whole (never incremented), so running twice changes
 nothing and late events are simply part of the next recompute. Several aggregators may run at once:
 each hour is taken under a transaction-level advisory try-lock (an hour another replica is busy with
-is skipped and stays dirty), and the per-day user rollup, which spans hours, is rebuilt under a
-per-day lock after the hours' rows are written. A dirty mark is removed only if no event arrived for
-its hour since it was read (see generation_dirty_hours in 0002_pipeline.sql).
+is skipped and stays dirty); rollups that span hours (daily rows, users' running totals) are
+rebuilt after the hours' rows are written, under locks taken in a fixed order. A dirty mark is
+removed only if no event arrived for its hour since it was read (generation_dirty_hours, 0002).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from generation_analytics.service import sketches
 from generation_analytics.service.settings import PipelineSettings
 from generation_analytics.service.sketches import LOG_GAMMA, bitmap_of
 
@@ -30,6 +32,7 @@ HOUR = timedelta(hours=1)
 # Advisory lock classes (first key of the two-int form); second key: hours or days since the epoch.
 HOUR_LOCK_CLASS = 0x6761_6801
 DAY_LOCK_CLASS = 0x6761_6802
+RUNNING_LOCK_CLASS = 0x6761_6803
 
 
 @dataclass
@@ -58,7 +61,7 @@ def days_of(hours: Sequence[datetime]) -> list[date]:
 SELECT_DIRTY = """
 SELECT hour, version FROM generation_dirty_hours
 WHERE hour <> ALL(%(skip)s::timestamptz[])
-ORDER BY hour DESC
+ORDER BY hour
 LIMIT %(limit)s
 """
 SELECT_VERSIONS = "SELECT hour, version FROM generation_dirty_hours WHERE hour = ANY(%(hours)s::timestamptz[])"
@@ -243,18 +246,94 @@ LEFT JOIN (
 ) AS h USING (user_id, hour)
 """
 
-DELETE_USER_DAYS = "DELETE FROM generation_user_metrics_daily WHERE day = ANY(%(days)s)"
-INSERT_USER_DAYS = """
-INSERT INTO generation_user_metrics_daily (
-    day, user_id, total_requests, successful_generations, failed_generations, cancelled_generations,
-    duration_count, duration_sum, last_event_at)
-SELECT (hour AT TIME ZONE 'UTC')::date, user_id, sum(total_requests), sum(successful_generations),
+# Running totals (cum_*) of the users these hours touched, from their earliest touched hour onward,
+# continuing from the user's last row before it.
+UPDATE_RUNNING_TOTALS = """
+WITH touched AS (
+    SELECT user_id, min(hour) AS from_hour FROM generation_user_metrics_hourly
+    WHERE hour = ANY(%(hours)s::timestamptz[]) GROUP BY user_id
+), base AS (
+    SELECT t.user_id, t.from_hour, coalesce(p.cum_requests, 0) AS r, coalesce(p.cum_successes, 0) AS s,
+           coalesce(p.cum_failures, 0) AS f, coalesce(p.cum_cancellations, 0) AS c,
+           coalesce(p.cum_duration_count, 0) AS dc, coalesce(p.cum_duration_sum, 0) AS ds
+    FROM touched AS t
+    LEFT JOIN LATERAL (
+        SELECT * FROM generation_user_metrics_hourly AS p
+        WHERE p.user_id = t.user_id AND p.hour < t.from_hour ORDER BY p.hour DESC LIMIT 1
+    ) AS p ON true
+), running AS (
+    SELECT h.user_id, h.hour,
+           b.r + sum(h.total_requests) OVER w AS cum_requests,
+           b.s + sum(h.successful_generations) OVER w AS cum_successes,
+           b.f + sum(h.failed_generations) OVER w AS cum_failures,
+           b.c + sum(h.cancelled_generations) OVER w AS cum_cancellations,
+           b.dc + sum(h.duration_count) OVER w AS cum_duration_count,
+           b.ds + sum(h.duration_sum) OVER w AS cum_duration_sum
+    FROM generation_user_metrics_hourly AS h JOIN base AS b ON b.user_id = h.user_id AND h.hour >= b.from_hour
+    WINDOW w AS (PARTITION BY h.user_id ORDER BY h.hour)
+)
+UPDATE generation_user_metrics_hourly AS u
+SET cum_requests = r.cum_requests, cum_successes = r.cum_successes, cum_failures = r.cum_failures,
+    cum_cancellations = r.cum_cancellations, cum_duration_count = r.cum_duration_count,
+    cum_duration_sum = r.cum_duration_sum
+FROM running AS r
+WHERE u.user_id = r.user_id AND u.hour = r.hour
+"""
+LOCK_RUNNING_TOTALS = "SELECT pg_advisory_xact_lock(%(lock_class)s, 0)"
+
+# Daily rows per checkpoint / error type, summed from the hourly rows of the days touched.
+DELETE_MODEL_DAYS = "DELETE FROM generation_model_metrics_daily WHERE day = ANY(%(days)s)"
+INSERT_MODEL_DAYS = """
+INSERT INTO generation_model_metrics_daily (
+    day, model_checkpoint, total_requests, successful_generations, failed_generations, cancelled_generations,
+    duration_count, duration_sum, total_images_generated, last_used_at)
+SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, sum(total_requests), sum(successful_generations),
        sum(failed_generations), sum(cancelled_generations), sum(duration_count), sum(duration_sum),
-       max(last_event_at)
-FROM generation_user_metrics_hourly
-WHERE hour >= %(lo)s AND hour < %(hi)s AND (hour AT TIME ZONE 'UTC')::date = ANY(%(days)s)
+       sum(total_images_generated), max(last_used_at)
+FROM generation_model_metrics_hourly
+WHERE hour >= %(lo)s AND hour < %(hi)s
 GROUP BY 1, 2
 """
+SELECT_MODEL_HISTS = """
+SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, duration_hist
+FROM generation_model_metrics_hourly WHERE hour >= %(lo)s AND hour < %(hi)s
+"""
+UPDATE_MODEL_DAY_HIST = (
+    "UPDATE generation_model_metrics_daily SET duration_hist = %s WHERE day = %s AND model_checkpoint = %s"
+)
+DELETE_ERROR_DAYS = "DELETE FROM generation_error_metrics_daily WHERE day = ANY(%(days)s)"
+INSERT_ERROR_DAYS = """
+WITH hours AS (
+    SELECT (hour AT TIME ZONE 'UTC')::date AS day, * FROM generation_error_metrics_hourly
+    WHERE hour >= %(lo)s AND hour < %(hi)s
+)
+INSERT INTO generation_error_metrics_daily (
+    day, error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages, model_counts)
+SELECT s.day, s.error_type, s.failures, s.duration_count, s.duration_sum, s.first_seen, s.last_seen,
+       coalesce(m.samples, '{}'), coalesce(c.model_counts, '{}'::jsonb)
+FROM (
+    SELECT day, error_type, sum(failures) AS failures, sum(duration_count) AS duration_count,
+           sum(duration_sum) AS duration_sum, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM hours GROUP BY 1, 2
+) AS s
+LEFT JOIN (
+    SELECT day, error_type, (array_agg(DISTINCT message))[1:5] AS samples
+    FROM hours, unnest(sample_messages) AS message GROUP BY 1, 2
+) AS m USING (day, error_type)
+LEFT JOIN (
+    SELECT day, error_type, jsonb_object_agg(model, n) AS model_counts
+    FROM (SELECT day, error_type, kv.key AS model, sum(kv.value::bigint) AS n
+          FROM hours, jsonb_each_text(model_counts) AS kv GROUP BY 1, 2, 3) AS per_model
+    GROUP BY 1, 2
+) AS c USING (day, error_type)
+"""
+SELECT_ERROR_BITMAPS = """
+SELECT (hour AT TIME ZONE 'UTC')::date, error_type, user_bitmap
+FROM generation_error_metrics_hourly WHERE hour >= %(lo)s AND hour < %(hi)s
+"""
+UPDATE_ERROR_DAY_BITMAP = (
+    "UPDATE generation_error_metrics_daily SET user_bitmap = %s WHERE day = %s AND error_type = %s"
+)
 
 SELECT_HOUR_UIDS = """
 SELECT hour, array_agg(DISTINCT uid) FILTER (WHERE uid IS NOT NULL) FROM agg_events GROUP BY hour
@@ -281,7 +360,11 @@ class Aggregator:
         self._stopping.set()
 
     def run(self, *, time_budget_s: float | None = None) -> AggregationReport:
-        """Recompute dirty hours, newest first, until none is left that this process may take."""
+        """Recompute dirty hours, oldest first, until none is left that this process may take.
+
+        Oldest first: a user's running totals are recomputed from the earliest changed hour onward,
+        so going forward in time touches each row once.
+        """
         with self._lock:
             started = time.monotonic()
             deadline = started + (time_budget_s or self._settings.aggregation_time_budget_s)
@@ -398,7 +481,25 @@ class Aggregator:
                 "hi": datetime.combine(days[-1] + timedelta(days=1), datetime.min.time(), UTC),
                 "lock_class": DAY_LOCK_CLASS,
             }
-            # After this lock, the statement below sees every other aggregator's committed hours of these days.
+            # Rollups spanning hours are rebuilt under locks taken in a fixed order (days, then
+            # the running totals); each statement after a lock sees every other aggregator's
+            # committed hours, so concurrent aggregators never leave them stale.
             cur.execute(LOCK_DAYS, day_bounds)
-            cur.execute(DELETE_USER_DAYS, day_bounds)
-            cur.execute(INSERT_USER_DAYS, day_bounds)
+            cur.execute(DELETE_MODEL_DAYS, day_bounds)
+            cur.execute(INSERT_MODEL_DAYS, day_bounds)
+            cur.execute(SELECT_MODEL_HISTS, day_bounds)
+            cur.executemany(UPDATE_MODEL_DAY_HIST, _per_key(cur.fetchall(), sketches.compact))
+            cur.execute(DELETE_ERROR_DAYS, day_bounds)
+            cur.execute(INSERT_ERROR_DAYS, day_bounds)
+            cur.execute(SELECT_ERROR_BITMAPS, day_bounds)
+            cur.executemany(UPDATE_ERROR_DAY_BITMAP, _per_key(cur.fetchall(), sketches.union))
+            cur.execute(LOCK_RUNNING_TOTALS, {"lock_class": RUNNING_LOCK_CLASS})
+            cur.execute(UPDATE_RUNNING_TOTALS, params)
+
+
+def _per_key(rows: list[tuple[Any, ...]], combine: Callable[[list[bytes]], bytes]) -> list[tuple[bytes, Any, Any]]:
+    """(day, key, blob) rows -> (combined blob, day, key) per (day, key), for the UPDATE statements."""
+    groups: dict[tuple[Any, Any], list[bytes]] = defaultdict(list)
+    for day, key, blob in rows:
+        groups[(day, key)].append(blob)
+    return [(combine(blobs), day, key) for (day, key), blobs in groups.items()]

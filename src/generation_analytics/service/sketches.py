@@ -58,6 +58,25 @@ def encode(counts: dict[int, int]) -> bytes:
     return np.array(items, dtype=_PAIR).tobytes() if items else b""
 
 
+def compact(encoded: Iterable[bytes | None]) -> bytes:
+    """Several encoded histograms summed into one, one pair per non-empty bucket (daily rollups)."""
+    dense = merge(encoded)
+    buckets = np.flatnonzero(dense)
+    pairs = np.empty(buckets.size, dtype=_PAIR)
+    pairs["bucket"] = buckets
+    pairs["count"] = dense[buckets]
+    return pairs.tobytes()
+
+
+def union(bitmaps: Iterable[bytes | None]) -> bytes:
+    """The OR of several bitmaps (daily rollups)."""
+    result = 0
+    for bitmap in bitmaps:
+        if bitmap:
+            result |= int.from_bytes(bitmap, "little")
+    return result.to_bytes((result.bit_length() + 7) // 8, "little") if result else b""
+
+
 def quantiles(dense: Dense, qs: Iterable[float]) -> list[float]:
     """Percentiles in the manner of SQL's percentile_cont (linear between ranks), read from a histogram.
 
@@ -95,8 +114,4 @@ def bitmap_of(uids: Iterable[int]) -> bytes:
 
 def union_count(bitmaps: Iterable[bytes | None]) -> int:
     """How many distinct users the given bitmaps hold together."""
-    union = 0
-    for bitmap in bitmaps:
-        if bitmap:
-            union |= int.from_bytes(bitmap, "little")
-    return union.bit_count()
+    return int.from_bytes(union(bitmaps), "little").bit_count()

@@ -12,16 +12,20 @@ from psycopg.rows import dict_row
 
 from generation_analytics.service import sketches
 from generation_analytics.service.queries.overview import hourly_rows
-from generation_analytics.service.queries.window import Window, rate
+from generation_analytics.service.queries.window import Window, daily_split, rate
 
 SAMPLE_MESSAGES = 5
 
-ERROR_ROWS = """
-SELECT hour, error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages,
-       model_counts, user_bitmap
-FROM generation_error_metrics_hourly
-WHERE hour >= %(start)s AND hour < %(end)s
-ORDER BY hour DESC
+_COLUMNS = """error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages,
+       model_counts, user_bitmap"""
+# Whole days from the daily rollup, the window's partial first day from the hourly one; newest first.
+ERROR_ROWS = f"""
+SELECT last_seen AS at, {_COLUMNS} FROM generation_error_metrics_daily
+WHERE day >= %(first_day)s AND day <= %(last_day)s
+UNION ALL
+SELECT last_seen AS at, {_COLUMNS} FROM generation_error_metrics_hourly
+WHERE hour >= %(edge_start)s AND hour < %(edge_end)s
+ORDER BY at DESC
 """
 
 
@@ -71,7 +75,7 @@ class _ErrorAccumulator:
         self.count += row["failures"]
         self.duration_count += row["duration_count"]
         self.duration_sum += row["duration_sum"]
-        for message in row["sample_messages"]:  # newest hours first: recent samples win
+        for message in row["sample_messages"]:  # newest rows first: recent samples win
             if len(self.messages) < SAMPLE_MESSAGES and message not in self.messages:
                 self.messages.append(message)
         self.bitmaps.append(row["user_bitmap"])
@@ -95,7 +99,7 @@ class _ErrorAccumulator:
 async def failure_analysis(conn: AsyncConnection[Any], window: Window) -> FailureAnalysis:
     errors: dict[str, _ErrorAccumulator] = defaultdict(_ErrorAccumulator)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(ERROR_ROWS, {"start": window.start, "end": window.end})
+        await cur.execute(ERROR_ROWS, daily_split(window).params)
         for row in await cur.fetchall():
             errors[row["error_type"]].add(row)
     daily: dict[date, list[int]] = defaultdict(lambda: [0, 0])

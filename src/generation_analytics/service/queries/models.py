@@ -11,14 +11,16 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from generation_analytics.service.queries.totals import Totals, add_row
-from generation_analytics.service.queries.window import Window
+from generation_analytics.service.queries.window import Window, daily_split
 
-MODEL_ROWS = """
-SELECT model_checkpoint, total_requests AS requests, successful_generations AS successes,
+_COLUMNS = """model_checkpoint, total_requests AS requests, successful_generations AS successes,
        failed_generations AS failures, cancelled_generations AS cancellations, duration_count, duration_sum,
-       total_images_generated AS images, last_used_at, duration_hist AS hist
-FROM generation_model_metrics_hourly
-WHERE hour >= %(start)s AND hour < %(end)s
+       total_images_generated AS images, last_used_at, duration_hist AS hist"""
+# Whole days from the daily rollup, the window's partial first day from the hourly one.
+MODEL_ROWS = f"""
+SELECT {_COLUMNS} FROM generation_model_metrics_daily WHERE day >= %(first_day)s AND day <= %(last_day)s
+UNION ALL
+SELECT {_COLUMNS} FROM generation_model_metrics_hourly WHERE hour >= %(edge_start)s AND hour < %(edge_end)s
 """
 
 
@@ -48,7 +50,7 @@ async def model_performance(conn: AsyncConnection[Any], window: Window) -> Model
     totals: dict[str, Totals] = defaultdict(Totals)
     last_used: dict[str, datetime] = {}
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(MODEL_ROWS, {"start": window.start, "end": window.end})
+        await cur.execute(MODEL_ROWS, daily_split(window).params)
         for row in await cur.fetchall():
             name = row["model_checkpoint"]
             add_row(totals[name], row)

@@ -1,4 +1,4 @@
-"""Per-user analytics (generation_user_metrics_hourly) and the top users (daily rollup + edge hours)."""
+"""Per-user analytics and the top users, both from generation_user_metrics_hourly."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from generation_analytics.service.queries.events import EventRecord, recent_activity
 from generation_analytics.service.queries.totals import Totals, add_row
-from generation_analytics.service.queries.window import DAY, HOUR, Window, day_start
+from generation_analytics.service.queries.window import Window
 
 USER_ROWS = """
 SELECT hour, total_requests AS requests, successful_generations AS successes, failed_generations AS failures,
@@ -95,37 +95,32 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
     )
 
 
-# Whole days come from the daily rollup; the window's first, partial day is corrected with at most
-# 12 hourly rows per user: added (hours from the window start to midnight) or subtracted (hours from
-# midnight to the window start), whichever is fewer. The current day is partial too, but nothing
-# lies after the window's end in it, so its daily row is exactly the window's part of it.
+# Each user's totals over the window are the running totals (cum_*) of their last hourly row before the
+# window's end minus those of their last row before its start: two index-only probes per user,
+# whatever the window's length. A user whose last row before the end lies before the start had no
+# event in the window.
 TOP_USERS = """
-WITH parts AS (
-    SELECT user_id, total_requests, successful_generations, failed_generations, cancelled_generations,
-           duration_count, duration_sum
-    FROM generation_user_metrics_daily
-    WHERE day >= %(first_day)s AND day <= %(last_day)s
-    UNION ALL
-    SELECT user_id, %(sign)s * total_requests, %(sign)s * successful_generations, %(sign)s * failed_generations,
-           %(sign)s * cancelled_generations, %(sign)s * duration_count, %(sign)s * duration_sum
-    FROM generation_user_metrics_hourly
-    WHERE hour >= %(edge_start)s AND hour < %(edge_end)s
-)
-SELECT user_id::text AS user_id, sum(total_requests)::bigint AS total_requests,
-       sum(successful_generations)::bigint AS successful_generations,
-       sum(failed_generations)::bigint AS failed_generations,
-       sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum
-FROM parts
-GROUP BY user_id
-HAVING sum(total_requests) + sum(successful_generations) + sum(failed_generations) + sum(cancelled_generations) > 0
-ORDER BY total_requests DESC, user_id
+SELECT u.user_id::text AS user_id,
+       e.cum_requests - coalesce(s.cum_requests, 0) AS total_requests,
+       e.cum_successes - coalesce(s.cum_successes, 0) AS successful_generations,
+       e.cum_failures - coalesce(s.cum_failures, 0) AS failed_generations,
+       e.cum_duration_count - coalesce(s.cum_duration_count, 0) AS duration_count,
+       e.cum_duration_sum - coalesce(s.cum_duration_sum, 0) AS duration_sum,
+       e.last_event_at
+FROM generation_users AS u
+CROSS JOIN LATERAL (
+    SELECT hour, cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum, last_event_at
+    FROM generation_user_metrics_hourly AS h
+    WHERE h.user_id = u.user_id AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
+) AS e
+LEFT JOIN LATERAL (
+    SELECT cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum
+    FROM generation_user_metrics_hourly AS h
+    WHERE h.user_id = u.user_id AND h.hour < %(start)s ORDER BY h.hour DESC LIMIT 1
+) AS s ON true
+WHERE e.hour >= %(start)s
+ORDER BY total_requests DESC, u.user_id
 LIMIT %(limit)s
-"""
-LAST_EVENTS = """
-SELECT user_id::text, max(last_event_at)
-FROM generation_user_metrics_hourly
-WHERE user_id = ANY(%(users)s::uuid[]) AND hour >= %(start)s AND hour < %(end)s
-GROUP BY user_id
 """
 
 
@@ -145,26 +140,10 @@ class TopUsers:
     users: list[TopUser]
 
 
-def _top_user_parts(window: Window) -> dict[str, Any]:
-    first_day, last_day = window.start.date(), (window.end - HOUR).date()
-    midnight = day_start(first_day)
-    into_day = window.start - midnight
-    if not into_day:
-        return {"first_day": first_day, "last_day": last_day, "sign": 1, "edge_start": midnight, "edge_end": midnight}
-    if DAY - into_day <= into_day:  # add the hours from the start to the next midnight
-        return {"first_day": first_day + DAY, "last_day": last_day, "sign": 1,
-                "edge_start": window.start, "edge_end": midnight + DAY}  # fmt: skip
-    return {"first_day": first_day, "last_day": last_day, "sign": -1, "edge_start": midnight, "edge_end": window.start}
-
-
 async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -> TopUsers:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(TOP_USERS, {**_top_user_parts(window), "limit": limit})
+        await cur.execute(TOP_USERS, {"start": window.start, "end": window.end, "limit": limit})
         rows = await cur.fetchall()
-    last_seen: dict[str, datetime] = {}
-    if rows:
-        params = {"users": [r["user_id"] for r in rows], "start": window.start, "end": window.end}
-        last_seen = dict(await (await conn.execute(LAST_EVENTS, params)).fetchall())
     users = [
         TopUser(
             user_id=r["user_id"],
@@ -172,7 +151,7 @@ async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -
             successful_generations=r["successful_generations"],
             failed_generations=r["failed_generations"],
             avg_duration_ms=r["duration_sum"] / r["duration_count"] if r["duration_count"] else 0.0,
-            last_generation_at=last_seen.get(r["user_id"]),
+            last_generation_at=r["last_event_at"],
         )
         for r in rows
     ]

@@ -34,6 +34,39 @@ class Window:
         return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
+@dataclass(frozen=True)
+class DailySplit:
+    """A window as daily rows for [first_day, last_day] plus hourly rows for [edge_start, edge_end).
+
+    The window's first day is partial (it starts at the current hour of day), so its hours come from
+    the hourly rollup; every later day, today included, from the daily rollup (nothing of today lies
+    after the window's end).
+    """
+
+    first_day: date
+    last_day: date
+    edge_start: datetime
+    edge_end: datetime
+
+    @property
+    def params(self) -> dict[str, object]:
+        return {
+            "first_day": self.first_day,
+            "last_day": self.last_day,
+            "edge_start": self.edge_start,
+            "edge_end": self.edge_end,
+        }
+
+
+def daily_split(window: Window) -> DailySplit:
+    first = window.start.date()
+    midnight = day_start(first)
+    last = (window.end - HOUR).date()
+    if window.start == midnight:
+        return DailySplit(first, last, midnight, midnight)
+    return DailySplit(first + timedelta(days=1), last, window.start, midnight + DAY)
+
+
 def hour_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
