@@ -30,6 +30,8 @@ INDEXES = (
     "generation_events_timestamp_idx",
     "generation_events_user_timestamp_idx",
     "generation_events_completion_duration_idx",
+    "generation_events_model_duration_idx",
+    "generation_events_user_duration_idx",
 )
 
 # One row per generation: when, who, which checkpoint, how it ended. Kept with probability following

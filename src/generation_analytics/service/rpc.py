@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -19,6 +20,9 @@ import psycopg
 import psycopg_pool
 import redis.asyncio as aioredis
 import redis.exceptions
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.capture import EventCapture
@@ -67,6 +71,40 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Request, Context], Awaitable[Response]]
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes are not the expected message (see `lenient_deserializer`)."""
+
+    message: str
+    reason: str
+
+
+def lenient_deserializer(message_cls: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    """A request deserializer that never raises: grpc would answer INTERNAL; we answer INVALID_ARGUMENT."""
+
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return message_cls.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            return Undecodable(message_cls.DESCRIPTOR.name, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Register `servicer`'s methods for `service`, decoding requests with `lenient_deserializer`."""
+    handlers = {}
+    for method in service.methods:
+        request_cls = GetMessageClass(method.input_type)
+        response_cls = GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_deserializer(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status code an exception maps to (INTERNAL for anything unexpected)."""
     for cls in type(exc).__mro__:
@@ -84,6 +122,8 @@ def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidArgument("request", f"not a valid {request.message}: {request.reason}")
             return await method(self, request, context)
         except (AnalyticsError, psycopg.Error, psycopg_pool.PoolTimeout, redis.exceptions.RedisError) as exc:
             code = status_for(exc)

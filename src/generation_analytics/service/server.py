@@ -16,28 +16,22 @@ from grpc_reflection.v1alpha import reflection
 from generation_analytics.service.gateway import start_gateway
 from generation_analytics.service.migrate import migrate
 from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.rpc import AnalyticsServicer, EventServicer, PipelineServicer
+from generation_analytics.service.rpc import AnalyticsServicer, EventServicer, PipelineServicer, add_service
 from generation_analytics.service.runtime import Runtime, start_embedded
 from generation_analytics.service.settings import Settings
-from generation_analytics.v1 import (
-    analytics_pb2,
-    analytics_pb2_grpc,
-    events_pb2,
-    events_pb2_grpc,
-    pipeline_pb2,
-    pipeline_pb2_grpc,
-)
+from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
 
 log = logging.getLogger(__name__)
 
 # The asyncio health servicer; grpc-stubs do not know `health.aio` yet.
 AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
-SERVICE_NAMES = (
-    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-    analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
-    pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
-)
+SERVICES = {
+    "EventService": events_pb2.DESCRIPTOR.services_by_name["EventService"],
+    "AnalyticsService": analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
+    "PipelineService": pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"],
+}
+SERVICE_NAMES = tuple(service.full_name for service in SERVICES.values())
 
 
 @dataclass
@@ -65,12 +59,12 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
         ]
     )
     metrics = runtime.metrics
-    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(runtime.capture, metrics), server)
-    analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(runtime.queries, metrics), server)
     pipeline = PipelineServicer(
         runtime.pipeline, redis_client=runtime.redis, pool=runtime.pool, keys=runtime.keys, metrics=metrics
     )
-    pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(pipeline, server)
+    add_service(server, EventServicer(runtime.capture, metrics), SERVICES["EventService"])
+    add_service(server, AnalyticsServicer(runtime.queries, metrics), SERVICES["AnalyticsService"])
+    add_service(server, pipeline, SERVICES["PipelineService"])
 
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
