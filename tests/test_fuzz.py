@@ -82,7 +82,7 @@ def call(server: LiveServer, method: MethodDescriptor, payload: bytes) -> grpc.S
         stub(payload, timeout=30)
         return grpc.StatusCode.OK
     except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+        code: grpc.StatusCode = error.code()
         return code
 
 
