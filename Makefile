@@ -25,6 +25,9 @@ test: install  ## run the whole test suite against real Postgres/Redis (local on
 test-fast: install  ## the suite without the slow tests
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+fault-suite: install  ## kills, restarts and outages only: exactly-once and rollups under faults
+	$(BIN)/python -m pytest -m faults -v $(PYTEST_ARGS)
+
 lint: install  ## ruff, mypy and buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -56,7 +56,7 @@ def start_server(dsn: str) -> tuple[subprocess.Popen[bytes], str]:
         "GA_REDIS_URL": REDIS_URL,
         "GA_NAMESPACE": f"ga_bench_{uuid.uuid4().hex[:8]}",
         "GA_LISTEN_ADDR": f"127.0.0.1:{port}",
-        "GA_HTTP_ADDR": "",
+        "GA_HTTP_ADDR": "off",
         "GA_LOG_LEVEL": "WARNING",
     }
     process = subprocess.Popen([str(Path(sys.executable).parent / "generation-analytics"), "serve"], env=env)

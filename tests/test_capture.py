@@ -195,6 +195,7 @@ def private_redis(tmp_path: Path) -> Any:
     server.stop()
 
 
+@pytest.mark.faults
 def test_redis_stopped_answers_unavailable_fast(settings: Settings, private_redis: Any) -> None:
     server = LiveServer(replace(settings, redis=RedisSettings(url=private_redis.url, namespace="ga_private")))
     try:
@@ -229,6 +230,7 @@ def test_unreachable_redis_answers_unavailable_fast(settings: Settings) -> None:
         server.close()
 
 
+@pytest.mark.faults
 def test_blackholed_redis_answers_unavailable_within_the_timeout(settings: Settings) -> None:
     """A Redis that accepts connections but never answers must not hang the call."""
     listener = socket.socket()

@@ -71,6 +71,7 @@ def test_full_buffer_drops_and_counts_without_blocking() -> None:
         recorder.close(timeout_s=0.2)
 
 
+@pytest.mark.faults
 def test_recorder_delivers_everything_across_a_redis_outage(settings: Settings, tmp_path: Path) -> None:
     private = EmbeddedRedis(tmp_path / "redis")
     private.start()

@@ -91,7 +91,8 @@ async def serve(settings: Settings) -> None:
         runtime = await Runtime.open(settings)
         try:
             grpc_server = await start_grpc(runtime)
-            gateway = await start_gateway(runtime, settings.server.http_addr) if settings.server.http_addr else None
+            http_addr = settings.server.http_addr
+            gateway = await start_gateway(runtime, http_addr) if http_addr.lower() != "off" else None
             stop = asyncio.Event()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
