@@ -6,15 +6,21 @@ import contextlib
 import os
 import random
 import shlex
+import socket
 import statistics
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import grpc
 import psycopg
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -133,3 +139,45 @@ def print_result(title: str, rows: Sequence[tuple[str, str]]) -> None:
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}")
     print(f"  rerun: {rerun_command()}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_service(dsn: str, *, namespace: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`generation-analytics serve` as its own process on `dsn` and `namespace`; returns it and its address."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "GA_POSTGRES_DSN": dsn,
+        "GA_REDIS_URL": REDIS_URL,
+        "GA_NAMESPACE": namespace,
+        "GA_LISTEN_ADDR": f"127.0.0.1:{port}",
+        "GA_HTTP_ADDR": "off",
+        "GA_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    process = subprocess.Popen([str(Path(sys.executable).parent / "generation-analytics"), "serve"], env=environment)
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                channel.close()
+                return process, address
+        except grpc.RpcError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the service did not become healthy")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -1,0 +1,181 @@
+"""Ingest: what recording costs, each figure beside its baseline measured in the same run.
+
+* RecordEvent unary latency (p50/p99, sequential calls) against an empty grpc.aio echo server
+  (bench.echo_server) — interleaved rounds, so both see the same machine.
+* RecordEvents throughput at batch sizes 100/500/1000 (4 client threads) against raw redis-py
+  pipelined XADD of the same payloads (4 threads) — the ceiling of "events into Redis" from Python.
+* EventRecorder.record() cost to the caller, p50/p99 over 200,000 calls.
+
+The service runs as its own process with its pipeline off (GA_SCHEDULER_ENABLED=false): this
+measures the front end; transfer is measured by bench.transfer_throughput. Targets (DESIGN.md §6):
+RecordEvents ≥ 50,000 events/s; RecordEvent p50 within 1.5x of the echo; record() p99 ≤ 20 µs.
+
+    .venv/bin/python -m bench.ingest
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import redis
+
+from bench.common import (
+    REDIS_URL,
+    free_port,
+    percentile,
+    print_result,
+    scratch_database,
+    scratch_namespace,
+    start_service,
+    synthetic_event,
+)
+from generation_analytics.client import EventRecorder
+from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
+from generation_analytics.v1 import events_pb2, events_pb2_grpc
+
+
+def events(n: int, seed: int) -> list[events_pb2.GenerationEvent]:
+    rng = random.Random(seed)
+    users = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(200)]
+    return [synthetic_event(rng, datetime.now(UTC), users) for _ in range(n)]
+
+
+def start_echo() -> tuple[subprocess.Popen[bytes], str]:
+    addr = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen([sys.executable, "-m", "bench.echo_server", addr], cwd=Path(__file__).parents[1])
+    grpc.channel_ready_future(grpc.insecure_channel(addr)).result(timeout=30)
+    return process, addr
+
+
+def unary_latency(service: str, echo: str, *, rounds: int, calls: int) -> tuple[list[float], list[float]]:
+    sample = events(calls, 1)
+    stubs = {name: events_pb2_grpc.EventServiceStub(grpc.insecure_channel(addr)) for name, addr in
+             (("service", service), ("echo", echo))}  # fmt: skip
+    timings: dict[str, list[float]] = {"service": [], "echo": []}
+    for stub in stubs.values():  # warm-up
+        for event in sample[:200]:
+            stub.RecordEvent(events_pb2.RecordEventRequest(event=event))
+    for _ in range(rounds):
+        for name, stub in stubs.items():
+            for event in sample:
+                request = events_pb2.RecordEventRequest(event=event)
+                started = time.perf_counter()
+                stub.RecordEvent(request)
+                timings[name].append((time.perf_counter() - started) * 1e6)
+    return timings["service"], timings["echo"]
+
+
+def record_events_throughput(addr: str, batch_size: int, *, seconds: float, threads: int) -> float:
+    requests = [events_pb2.RecordEventsRequest(events=events(batch_size, 100 + i)) for i in range(8)]
+    sent = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        stub = events_pb2_grpc.EventServiceStub(
+            grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)])
+        )
+        i = index
+        while time.monotonic() < stop:
+            reply = stub.RecordEvents(requests[i % len(requests)])
+            sent[index] += reply.accepted_count
+            i += 1
+
+    started = time.monotonic()
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(sent) / (time.monotonic() - started)
+
+
+def raw_xadd_throughput(namespace: str, batch_size: int, *, seconds: float, threads: int) -> float:
+    payloads = [[e.SerializeToString() for e in events(batch_size, 200 + i)] for i in range(8)]
+    stream = StreamKeys(namespace).stream + ":raw"
+    sent = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        client = redis.Redis.from_url(REDIS_URL)
+        i = index
+        while time.monotonic() < stop:
+            pipe = client.pipeline(transaction=False)
+            for payload in payloads[i % len(payloads)]:
+                pipe.xadd(stream, {EVENT_FIELD: payload})
+            pipe.execute()
+            sent[index] += batch_size
+            i += 1
+        client.delete(stream)
+
+    started = time.monotonic()
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(sent) / (time.monotonic() - started)
+
+
+def recorder_cost(addr: str, calls: int) -> list[float]:
+    user = str(uuid.uuid4())
+    timings = []
+    with EventRecorder(addr, max_buffer=calls + 1) as recorder:
+        for i in range(calls):
+            started = time.perf_counter_ns()
+            recorder.record("completion", user_id=user, generation_id="g", success=True, duration_ms=i)
+            timings.append((time.perf_counter_ns() - started) / 1000)
+        recorder.flush(60)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    rows: list[tuple[str, str]] = []
+    with scratch_database() as dsn, scratch_namespace() as namespace:
+        service, service_addr = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false")
+        echo, echo_addr = start_echo()
+        try:
+            served, echoed = unary_latency(service_addr, echo_addr, rounds=5, calls=400)
+            p50, p99 = percentile(served, 0.5), percentile(served, 0.99)
+            e50, e99 = percentile(echoed, 0.5), percentile(echoed, 0.99)
+            ratio = p50 / e50
+            rows.append(("RecordEvent p50 / p99", f"{p50:7.0f} / {p99:7.0f} µs"))
+            rows.append(("echo p50 / p99", f"{e50:7.0f} / {e99:7.0f} µs"))
+            rows.append(
+                ("RecordEvent / echo (p50)", f"{ratio:.2f}x  {'PASS' if ratio <= 1.5 else 'FAIL'} (target <= 1.5x)")
+            )
+            for size in (100, 500, 1000):
+                rate = record_events_throughput(service_addr, size, seconds=args.seconds, threads=args.threads)
+                raw = raw_xadd_throughput(namespace, size, seconds=args.seconds, threads=args.threads)
+                verdict = "PASS" if rate >= 50_000 else "FAIL"
+                rows.append((f"RecordEvents batch {size}", f"{rate:9,.0f} events/s  {verdict} (target >= 50,000)"))
+                rows.append((f"raw pipelined XADD batch {size}", f"{raw:9,.0f} events/s  (ratio {rate / raw:.2f})"))
+            costs = recorder_cost(service_addr, 200_000)
+            c50, c99 = percentile(costs, 0.5), percentile(costs, 0.99)
+            rows.append(
+                (
+                    "EventRecorder.record() p50 / p99",
+                    f"{c50:.1f} / {c99:.1f} µs  {'PASS' if c99 <= 20 else 'FAIL'} (p99 target <= 20 µs)",
+                )
+            )
+        finally:
+            for process in (service, echo):
+                process.terminate()
+                process.wait(30)
+    print_result("Ingest (service with its pipeline off; client in this process)", rows)
+
+
+if __name__ == "__main__":
+    main()
