@@ -247,3 +247,14 @@ def test_blackholed_redis_answers_unavailable_within_the_timeout(settings: Setti
     finally:
         server.close()
         listener.close()
+
+
+def test_concurrent_calls_share_the_connection_and_each_gets_its_answer(
+    live_server: LiveServer, redis_url: str
+) -> None:
+    events = [make_event() for _ in range(300)]
+    futures = [live_server.events.RecordEvent.future(events_pb2.RecordEventRequest(event=e)) for e in events]
+    replies = [f.result(timeout=30).event_id for f in futures]
+    assert replies == [e.event_id for e in events]
+    stored = stream_events(redis_url, live_server.settings.redis.namespace)
+    assert sorted(e.event_id for e in stored) == sorted(replies)

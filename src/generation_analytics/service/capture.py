@@ -6,7 +6,7 @@ recording keeps working while Postgres is slow or down; transfer catches up late
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 
 from generation_analytics.service.errors import InvalidArgument, ResourceExhausted, Unavailable
 from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
+from generation_analytics.service.redis_link import RedisLink
 from generation_analytics.service.settings import LimitSettings
 from generation_analytics.service.validation import check_new_event
 from generation_analytics.v1 import events_pb2
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 # already holds more than ARGV[1] entries (the backlog cap), in which case it adds nothing and
 # answers the error BACKLOG. One round trip and one command per batch: atomic (a retry after a
 # failure cannot half-apply) and far cheaper to encode client-side than one XADD per event.
-# Returns the number of entries added.
+# Returns the number of entries added. Called by SHA (EVALSHA), loaded on first NOSCRIPT.
 APPEND_EVENTS_LUA = """
 local max_backlog = tonumber(ARGV[1])
 if redis.call('XLEN', KEYS[1]) > max_backlog then
@@ -40,6 +41,7 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 """
+APPEND_EVENTS_SHA = hashlib.sha1(APPEND_EVENTS_LUA.encode()).hexdigest()
 assert EVENT_FIELD == b"e", "APPEND_EVENTS_LUA writes the field name literally"
 
 
@@ -61,18 +63,16 @@ class EventCapture:
     def __init__(
         self,
         *,
-        redis_client: aioredis.Redis,
+        redis_url: str,
         keys: StreamKeys,
         limits: LimitSettings,
         retention_days: int,
         timeout_s: float,
     ) -> None:
-        self._redis = redis_client
+        self._link = RedisLink(redis_url, timeout_s=timeout_s)
         self._keys = keys
         self._limits = limits
         self._retention_s = retention_days * 86_400
-        self._timeout_s = timeout_s
-        self._append = redis_client.register_script(APPEND_EVENTS_LUA)
 
     async def record(self, event: events_pb2.GenerationEvent) -> str:
         """Validate and append one event; returns its event_id.
@@ -109,16 +109,25 @@ class EventCapture:
         return result
 
     async def _append_payloads(self, payloads: list[bytes]) -> None:
+        command = ("EVALSHA", APPEND_EVENTS_SHA, 1, self._keys.stream, self._limits.max_stream_backlog, *payloads)
         try:
-            async with asyncio.timeout(self._timeout_s * 2):
-                await self._append(keys=[self._keys.stream], args=[self._limits.max_stream_backlog, *payloads])
+            try:
+                await self._link.execute(*command)
+            except redis.exceptions.ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._link.execute("SCRIPT", "LOAD", APPEND_EVENTS_LUA)  # first use, or Redis restarted
+                await self._link.execute(*command)
         except redis.exceptions.ResponseError as exc:
             if "BACKLOG" in str(exc) or "OOM" in str(exc):
                 raise ResourceExhausted(f"event stream is full, retry later ({exc})") from exc
             raise
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError) as exc:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("redis unavailable while recording %d events: %s", len(payloads), exc)
             raise Unavailable(f"event stream unavailable: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._link.close()
 
 
 def connect_redis(url: str, *, timeout_s: float) -> aioredis.Redis:

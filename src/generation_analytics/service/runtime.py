@@ -76,7 +76,7 @@ class Runtime:
         keys = StreamKeys(settings.redis.namespace)
         redis_client = connect_redis(settings.redis.url, timeout_s=settings.redis.socket_timeout_s)
         capture = EventCapture(
-            redis_client=redis_client,
+            redis_url=settings.redis.url,
             keys=keys,
             limits=settings.limits,
             retention_days=settings.pipeline.retention_days,
@@ -100,6 +100,7 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.capture.close()
         await asyncio.to_thread(self.pipeline.close)
         await self.pool.close()
         await self.redis.aclose()

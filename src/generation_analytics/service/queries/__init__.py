@@ -19,7 +19,7 @@ from generation_analytics.service.queries.failures import FailureAnalysis, failu
 from generation_analytics.service.queries.models import ModelPerformanceReport, model_performance
 from generation_analytics.service.queries.overview import Overview, PeakHours, Trends, overview, peak_hours, trends
 from generation_analytics.service.queries.users import TopUsers, UserAnalytics, top_users, user_analytics
-from generation_analytics.service.queries.window import bounded, user_uuid, window
+from generation_analytics.service.queries.window import bounded, text_filter, user_uuid, window
 from generation_analytics.service.status import stream_backlog
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ class AnalyticsQueries:
         size = bounded(page_size or None, default=50, low=1, high=MAX_PAGE_SIZE, field="page_size")
         filters = EventFilter(
             user_id=user_uuid(user_id) if user_id else None,
-            model_checkpoint=model_checkpoint or None,
+            model_checkpoint=text_filter(model_checkpoint, "model_checkpoint"),
             event_type=event_type or None,
             success=success,
-            error_type=error_type or None,
+            error_type=text_filter(error_type, "error_type"),
             min_duration_ms=min_duration_ms,
             order=order,
         )

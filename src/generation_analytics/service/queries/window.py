@@ -105,3 +105,14 @@ def bounded(value: int | None, *, default: int, low: int, high: int, field: str)
 def rate(part: int, whole: int) -> float:
     """part / whole, 0 when whole is 0 (never NaN, never above 1 for part <= whole)."""
     return part / whole if whole else 0.0
+
+
+def text_filter(value: str, field: str, *, max_chars: int = 1_024) -> str | None:
+    """A free-text filter from a request ("" means none), refused if Postgres could not compare it."""
+    if not value:
+        return None
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain a NUL character")
+    if len(value) > max_chars:
+        raise InvalidArgument(field, f"longer than {max_chars} characters")
+    return value
