@@ -54,7 +54,7 @@ migrate: install  ## apply schema migrations to GA_POSTGRES_DSN (or the embedded
 	$(BIN)/generation-analytics migrate
 
 bench: install  ## run the benchmarks and print one table of figures, targets and pass/fail
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

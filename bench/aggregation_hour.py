@@ -15,10 +15,11 @@ from datetime import timedelta
 import psycopg
 
 from bench.common import (
+    Figure,
     bench_settings,
     median,
     now_hour,
-    print_result,
+    print_figures,
     scratch_database,
     scratch_namespace,
     synthetic_event,
@@ -39,35 +40,32 @@ def load_hour(dsn: str, events: int, users: int) -> None:
         cur.execute("ANALYZE generation_events")
 
 
+def measure(*, events: int = 100_000, users: int = 5_000, runs: int = 5) -> list[Figure]:
+    with scratch_database() as dsn, scratch_namespace() as namespace:
+        load_hour(dsn, events, users)
+        pipeline = Pipeline(bench_settings(dsn, namespace))
+        try:
+            hour = now_hour() - timedelta(hours=3)
+            durations = []
+            for _ in range(runs):
+                started = time.monotonic()
+                report = pipeline.aggregator.run_range(hour, hour)
+                durations.append(time.monotonic() - started)
+                assert report.hours_aggregated == 1, report
+        finally:
+            pipeline.close()
+    figure = median(durations)
+    value = f"{figure:.3f} s for {events:,} events ({events / figure:,.0f} events/s; median of {runs})"
+    return [Figure("aggregation of one hour", value)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    with scratch_database() as dsn, scratch_namespace() as namespace:
-        load_hour(dsn, args.events, args.users)
-        pipeline = Pipeline(bench_settings(dsn, namespace))
-        try:
-            hour = now_hour() - timedelta(hours=3)
-            durations = []
-            for run in range(args.runs):
-                started = time.monotonic()
-                report = pipeline.aggregator.run_range(hour, hour)
-                durations.append(time.monotonic() - started)
-                assert report.hours_aggregated == 1, report
-                print(f"run {run + 1}/{args.runs}: {durations[-1]:.3f} s")
-        finally:
-            pipeline.close()
-    figure = median(durations)
-    print_result(
-        "Aggregation of one hour",
-        [
-            ("hour", f"{args.events:,} events from {args.users:,} users, 8 checkpoints"),
-            ("median", f"{figure:.3f} s per hour ({args.events / figure:,.0f} events/s) over {args.runs} runs"),
-            ("range", f"{min(durations):.3f} .. {max(durations):.3f} s"),
-        ],
-    )
+    print_figures("Aggregation of one hour", measure(events=args.events, users=args.users, runs=args.runs))
 
 
 if __name__ == "__main__":

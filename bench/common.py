@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,6 +127,30 @@ def push_backlog(namespace: str, count: int, *, start: datetime, span: timedelta
 
 def now_hour() -> datetime:
     return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure, its target (if it has one) and the verdict."""
+
+    name: str
+    value: str
+    target: str = ""
+    passed: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def print_figures(title: str, figures: Sequence[Figure]) -> None:
+    print_result(
+        title,
+        [
+            (f.name, "  ".join(x for x in (f.value, f.verdict, f"(target {f.target})" if f.target else "") if x))
+            for f in figures
+        ],
+    )
 
 
 def median(values: Sequence[float]) -> float:

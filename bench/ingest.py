@@ -30,9 +30,10 @@ import redis
 
 from bench.common import (
     REDIS_URL,
+    Figure,
     free_port,
     percentile,
-    print_result,
+    print_figures,
     scratch_database,
     scratch_namespace,
     start_service,
@@ -137,12 +138,8 @@ def recorder_cost(addr: str, calls: int) -> list[float]:
     return timings
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
-    parser.add_argument("--threads", type=int, default=4)
-    args = parser.parse_args()
-    rows: list[tuple[str, str]] = []
+def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
+    figures: list[Figure] = []
     with scratch_database() as dsn, scratch_namespace() as namespace:
         service, service_addr = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false")
         echo, echo_addr = start_echo()
@@ -150,31 +147,39 @@ def main() -> None:
             served, echoed = unary_latency(service_addr, echo_addr, rounds=5, calls=400)
             p50, p99 = percentile(served, 0.5), percentile(served, 0.99)
             e50, e99 = percentile(echoed, 0.5), percentile(echoed, 0.99)
-            ratio = p50 / e50
-            rows.append(("RecordEvent p50 / p99", f"{p50:7.0f} / {p99:7.0f} µs"))
-            rows.append(("echo p50 / p99", f"{e50:7.0f} / {e99:7.0f} µs"))
-            rows.append(
-                ("RecordEvent / echo (p50)", f"{ratio:.2f}x  {'PASS' if ratio <= 1.5 else 'FAIL'} (target <= 1.5x)")
-            )
+            figures.append(Figure("RecordEvent p50 / p99", f"{p50:.0f} / {p99:.0f} µs"))
+            figures.append(Figure("empty grpc.aio echo p50 / p99", f"{e50:.0f} / {e99:.0f} µs"))
+            figures.append(Figure("RecordEvent / echo, p50", f"{p50 / e50:.2f}x", "<= 1.5x", p50 / e50 <= 1.5))
             for size in (100, 500, 1000):
-                rate = record_events_throughput(service_addr, size, seconds=args.seconds, threads=args.threads)
-                raw = raw_xadd_throughput(namespace, size, seconds=args.seconds, threads=args.threads)
-                verdict = "PASS" if rate >= 50_000 else "FAIL"
-                rows.append((f"RecordEvents batch {size}", f"{rate:9,.0f} events/s  {verdict} (target >= 50,000)"))
-                rows.append((f"raw pipelined XADD batch {size}", f"{raw:9,.0f} events/s  (ratio {rate / raw:.2f})"))
+                rate = record_events_throughput(service_addr, size, seconds=seconds, threads=threads)
+                raw = raw_xadd_throughput(namespace, size, seconds=seconds, threads=threads)
+                figures.append(
+                    Figure(f"RecordEvents, batches of {size}", f"{rate:,.0f} events/s", ">= 50,000", rate >= 50_000)
+                )
+                figures.append(
+                    Figure(f"raw pipelined XADD, batches of {size}", f"{raw:,.0f} events/s ({rate / raw:.2f}x)")
+                )
             costs = recorder_cost(service_addr, 200_000)
             c50, c99 = percentile(costs, 0.5), percentile(costs, 0.99)
-            rows.append(
-                (
-                    "EventRecorder.record() p50 / p99",
-                    f"{c50:.1f} / {c99:.1f} µs  {'PASS' if c99 <= 20 else 'FAIL'} (p99 target <= 20 µs)",
-                )
+            figures.append(
+                Figure("EventRecorder.record() p50 / p99", f"{c50:.1f} / {c99:.1f} µs", "p99 <= 20 µs", c99 <= 20)
             )
         finally:
             for process in (service, echo):
                 process.terminate()
                 process.wait(30)
-    print_result("Ingest (service with its pipeline off; client in this process)", rows)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    print_figures(
+        "Ingest (service with its pipeline off; client in this process)",
+        measure(seconds=args.seconds, threads=args.threads),
+    )
 
 
 if __name__ == "__main__":

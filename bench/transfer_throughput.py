@@ -11,10 +11,11 @@ import time
 from datetime import timedelta
 
 from bench.common import (
+    Figure,
     bench_settings,
     median,
     now_hour,
-    print_result,
+    print_figures,
     push_backlog,
     scratch_database,
     scratch_namespace,
@@ -40,26 +41,28 @@ def one_run(events: int, batch_size: int) -> tuple[float, float]:
         return events / report.duration_s, push_s
 
 
+def measure(*, events: int = 1_000_000, runs: int = 3, batch_size: int = 10_000) -> list[Figure]:
+    rates = []
+    for run in range(runs):
+        rate, push_s = one_run(events, batch_size)
+        rates.append(rate)
+        print(f"transfer run {run + 1}/{runs}: {rate:,.0f} events/s (backlog of {events:,} pushed in {push_s:.1f} s)")
+    figure = median(rates)
+    value = f"{figure:,.0f} events/s (median of {runs}, {min(rates):,.0f}..{max(rates):,.0f}; {events:,} backlog)"
+    return [
+        Figure(
+            "transfer Redis -> Postgres", value, f">= {TARGET_EVENTS_PER_S:,} events/s", figure >= TARGET_EVENTS_PER_S
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=10_000)
     args = parser.parse_args()
-    rates = []
-    for run in range(args.runs):
-        rate, push_s = one_run(args.events, args.batch_size)
-        rates.append(rate)
-        print(f"run {run + 1}/{args.runs}: {rate:,.0f} events/s (backlog of {args.events:,} pushed in {push_s:.1f} s)")
-    figure = median(rates)
-    print_result(
-        "Transfer throughput (Redis stream -> generation_events)",
-        [
-            ("backlog", f"{args.events:,} events, batch {args.batch_size:,}"),
-            ("median", f"{figure:,.0f} events/s over {args.runs} runs (min {min(rates):,.0f}, max {max(rates):,.0f})"),
-            ("target", f">= {TARGET_EVENTS_PER_S:,} events/s: {'PASS' if figure >= TARGET_EVENTS_PER_S else 'FAIL'}"),
-        ],
-    )
+    print_figures("Transfer throughput", measure(events=args.events, runs=args.runs, batch_size=args.batch_size))
 
 
 if __name__ == "__main__":
