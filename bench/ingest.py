@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,20 +76,21 @@ def unary_latency(service: str, echo: str, *, rounds: int, calls: int) -> tuple[
     return timings["service"], timings["echo"]
 
 
-def record_events_throughput(addr: str, batch_size: int, *, seconds: float, threads: int) -> float:
-    requests = [events_pb2.RecordEventsRequest(events=events(batch_size, 100 + i)) for i in range(8)]
+def threads_rate(threads: int, seconds: float, send: Callable[[int], Callable[[int], int]]) -> float:
+    """Events per second that `threads` threads reach for `seconds`.
+
+    `send(thread)` prepares a thread's sender (its own channel or connection); the sender takes a
+    call number and returns how many events that call delivered.
+    """
     sent = [0] * threads
     stop = time.monotonic() + seconds
 
     def work(index: int) -> None:
-        stub = events_pb2_grpc.EventServiceStub(
-            grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)])
-        )
-        i = index
+        sender = send(index)
+        call = index
         while time.monotonic() < stop:
-            reply = stub.RecordEvents(requests[i % len(requests)])
-            sent[index] += reply.accepted_count
-            i += 1
+            sent[index] += sender(call)
+            call += 1
 
     started = time.monotonic()
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -97,33 +99,38 @@ def record_events_throughput(addr: str, batch_size: int, *, seconds: float, thre
     for t in pool:
         t.join()
     return sum(sent) / (time.monotonic() - started)
+
+
+def record_events_throughput(addr: str, batch_size: int, *, seconds: float, threads: int) -> float:
+    requests = [events_pb2.RecordEventsRequest(events=events(batch_size, 100 + i)) for i in range(8)]
+
+    def sender(_: int) -> Callable[[int], int]:
+        channel = grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 << 20)])
+        stub = events_pb2_grpc.EventServiceStub(channel)
+        return lambda call: stub.RecordEvents(requests[call % len(requests)]).accepted_count
+
+    return threads_rate(threads, seconds, sender)
 
 
 def raw_xadd_throughput(namespace: str, batch_size: int, *, seconds: float, threads: int) -> float:
     payloads = [[e.SerializeToString() for e in events(batch_size, 200 + i)] for i in range(8)]
     stream = StreamKeys(namespace).stream + ":raw"
-    sent = [0] * threads
-    stop = time.monotonic() + seconds
 
-    def work(index: int) -> None:
+    def sender(_: int) -> Callable[[int], int]:
         client = redis.Redis.from_url(REDIS_URL)
-        i = index
-        while time.monotonic() < stop:
+
+        def send(call: int) -> int:
             pipe = client.pipeline(transaction=False)
-            for payload in payloads[i % len(payloads)]:
+            for payload in payloads[call % len(payloads)]:
                 pipe.xadd(stream, {EVENT_FIELD: payload})
             pipe.execute()
-            sent[index] += batch_size
-            i += 1
-        client.delete(stream)
+            return batch_size
 
-    started = time.monotonic()
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(sent) / (time.monotonic() - started)
+        return send
+
+    rate = threads_rate(threads, seconds, sender)
+    redis.Redis.from_url(REDIS_URL).delete(stream)
+    return rate
 
 
 def recorder_cost(addr: str, calls: int) -> list[float]:

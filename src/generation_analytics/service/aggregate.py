@@ -107,7 +107,17 @@ FROM generation_events AS e LEFT JOIN generation_users AS u USING (user_id)
 WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND date_trunc('hour', e.timestamp) = ANY(%(hours)s)
 """
 
-UPSERT_HOURLY = """
+# A histogram (sketches.py) from (bucket, n) rows: big-endian (int2 bucket, int4 count) pairs.
+HIST = "string_agg(int2send(bucket::int2) || int4send(n::int4), ''::bytea ORDER BY bucket)"
+# The additive figures every rollup row of agg_events has (DESIGN.md §3), as one SQL fragment.
+COUNTS = """count(*) FILTER (WHERE event_type = 'request') AS requests,
+           count(*) FILTER (WHERE event_type = 'completion' AND success) AS successes,
+           count(*) FILTER (WHERE failed) AS failures,
+           count(*) FILTER (WHERE event_type = 'cancellation') AS cancellations,
+           count(*) FILTER (WHERE bucket IS NOT NULL) AS duration_count,
+           coalesce(sum(duration_ms) FILTER (WHERE bucket IS NOT NULL), 0) AS duration_sum"""
+
+UPSERT_HOURLY = f"""
 INSERT INTO generation_metrics_hourly AS m (
     timestamp, total_requests, successful_generations, failed_generations, cancelled_generations,
     avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users, avg_queue_length,
@@ -119,10 +129,7 @@ SELECT s.hour, s.requests, s.successes, s.failures, s.cancellations,
        s.queue_sum, s.first_at, s.last_at, coalesce(h.hist, ''::bytea), now()
 FROM (
     SELECT hour,
-           count(*) FILTER (WHERE event_type = 'request') AS requests,
-           count(*) FILTER (WHERE event_type = 'completion' AND success) AS successes,
-           count(*) FILTER (WHERE failed) AS failures,
-           count(*) FILTER (WHERE event_type = 'cancellation') AS cancellations,
+           {COUNTS},
            avg(duration_ms) FILTER (WHERE bucket IS NOT NULL)::float8 AS avg_duration,
            percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)
                FILTER (WHERE bucket IS NOT NULL) AS pcts,
@@ -130,15 +137,13 @@ FROM (
            avg(queue_length) FILTER (WHERE event_type = 'request')::float8 AS avg_queue,
            max(queue_length) FILTER (WHERE event_type = 'request') AS max_queue,
            sum(images) AS images,
-           count(*) FILTER (WHERE bucket IS NOT NULL) AS duration_count,
-           coalesce(sum(duration_ms) FILTER (WHERE bucket IS NOT NULL), 0) AS duration_sum,
            count(queue_length) FILTER (WHERE event_type = 'request') AS queue_count,
            coalesce(sum(queue_length) FILTER (WHERE event_type = 'request'), 0) AS queue_sum,
            min(timestamp) AS first_at, max(timestamp) AS last_at
     FROM agg_events GROUP BY hour
 ) AS s
 LEFT JOIN (
-    SELECT hour, string_agg(int2send(bucket::int2) || int4send(n::int4), ''::bytea ORDER BY bucket) AS hist
+    SELECT hour, {HIST} AS hist
     FROM (SELECT hour, bucket, count(*) AS n FROM agg_events WHERE bucket IS NOT NULL GROUP BY 1, 2) AS b
     GROUP BY hour
 ) AS h USING (hour)
@@ -160,7 +165,7 @@ WHERE m.timestamp = ANY(%(hours)s) AND NOT EXISTS (SELECT 1 FROM agg_events AS a
 """
 
 DELETE_MODEL_ROWS = "DELETE FROM generation_model_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])"
-INSERT_MODEL_ROWS = """
+INSERT_MODEL_ROWS = f"""
 INSERT INTO generation_model_metrics_hourly (
     hour, model_checkpoint, total_requests, successful_generations, failed_generations, cancelled_generations,
     duration_count, duration_sum, total_images_generated, last_used_at, duration_hist)
@@ -168,18 +173,13 @@ SELECT s.hour, s.model_checkpoint, s.requests, s.successes, s.failures, s.cancel
        s.duration_count, s.duration_sum, s.images, s.last_at, coalesce(h.hist, ''::bytea)
 FROM (
     SELECT hour, model_checkpoint,
-           count(*) FILTER (WHERE event_type = 'request') AS requests,
-           count(*) FILTER (WHERE event_type = 'completion' AND success) AS successes,
-           count(*) FILTER (WHERE failed) AS failures,
-           count(*) FILTER (WHERE event_type = 'cancellation') AS cancellations,
-           count(*) FILTER (WHERE bucket IS NOT NULL) AS duration_count,
-           coalesce(sum(duration_ms) FILTER (WHERE bucket IS NOT NULL), 0) AS duration_sum,
+           {COUNTS},
            sum(images) AS images, max(timestamp) AS last_at
     FROM agg_events WHERE model_checkpoint IS NOT NULL GROUP BY 1, 2
 ) AS s
 LEFT JOIN (
     SELECT hour, model_checkpoint,
-           string_agg(int2send(bucket::int2) || int4send(n::int4), ''::bytea ORDER BY bucket) AS hist
+           {HIST} AS hist
     FROM (SELECT hour, model_checkpoint, bucket, count(*) AS n FROM agg_events
           WHERE bucket IS NOT NULL AND model_checkpoint IS NOT NULL GROUP BY 1, 2, 3) AS b
     GROUP BY 1, 2
@@ -209,22 +209,17 @@ LEFT JOIN (
 """
 
 DELETE_USER_ROWS = "DELETE FROM generation_user_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])"
-INSERT_USER_ROWS = """
+INSERT_USER_ROWS = f"""
 INSERT INTO generation_user_metrics_hourly (
     user_id, hour, total_requests, successful_generations, failed_generations, cancelled_generations,
     duration_count, duration_sum, total_images_generated, first_event_at, last_event_at,
     error_counts, model_counts, duration_hist)
 SELECT s.user_id, s.hour, s.requests, s.successes, s.failures, s.cancellations,
        s.duration_count, s.duration_sum, s.images, s.first_at, s.last_at,
-       coalesce(e.error_counts, '{}'::jsonb), coalesce(mc.model_counts, '{}'::jsonb), coalesce(h.hist, ''::bytea)
+       coalesce(e.error_counts, '{{}}'::jsonb), coalesce(mc.model_counts, '{{}}'::jsonb), coalesce(h.hist, ''::bytea)
 FROM (
     SELECT user_id, hour,
-           count(*) FILTER (WHERE event_type = 'request') AS requests,
-           count(*) FILTER (WHERE event_type = 'completion' AND success) AS successes,
-           count(*) FILTER (WHERE failed) AS failures,
-           count(*) FILTER (WHERE event_type = 'cancellation') AS cancellations,
-           count(*) FILTER (WHERE bucket IS NOT NULL) AS duration_count,
-           coalesce(sum(duration_ms) FILTER (WHERE bucket IS NOT NULL), 0) AS duration_sum,
+           {COUNTS},
            sum(images) AS images, min(timestamp) AS first_at, max(timestamp) AS last_at
     FROM agg_events GROUP BY 1, 2
 ) AS s
@@ -240,7 +235,7 @@ LEFT JOIN (
     GROUP BY 1, 2
 ) AS mc USING (user_id, hour)
 LEFT JOIN (
-    SELECT user_id, hour, string_agg(int2send(bucket::int2) || int4send(n::int4), ''::bytea ORDER BY bucket) AS hist
+    SELECT user_id, hour, {HIST} AS hist
     FROM (SELECT user_id, hour, bucket, count(*) AS n FROM agg_events WHERE bucket IS NOT NULL GROUP BY 1, 2, 3) AS b
     GROUP BY 1, 2
 ) AS h USING (user_id, hour)
