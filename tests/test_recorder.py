@@ -113,3 +113,22 @@ def test_events_are_flushed_at_interpreter_exit(live_server: LiveServer, redis_u
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert stream_length(redis_url, live_server.settings.redis.namespace) == 25
+
+
+def test_recording_from_many_threads_loses_nothing(live_server: LiveServer, redis_url: str) -> None:
+    import threading
+
+    with EventRecorder(live_server.address, batch_size=64, flush_interval_s=0.02) as recorder:
+
+        def produce(worker: int) -> None:
+            for i in range(500):
+                recorder.record("request", user_id=str(uuid.uuid4()), generation_id=f"w{worker}-{i}")
+
+        threads = [threading.Thread(target=produce, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert recorder.flush(timeout_s=30)
+        assert (recorder.stats.recorded, recorder.stats.delivered) == (2_000, 2_000)
+    assert stream_length(redis_url, live_server.settings.redis.namespace) == 2_000
