@@ -24,7 +24,12 @@ def main() -> None:
     started = time.monotonic()
     figures: list[tuple[str, Figure]] = []
     if not args.reuse_dataset:
-        dataset.build("ga_bench", 1_000_000 if args.quick else 10_000_000, 5_000, 30)
+        size = 1_000_000 if args.quick else 10_000_000
+        _, timings = dataset.build("ga_bench", size, 5_000, 30)
+        built = ", ".join(
+            f"{name} {value:.0f}{'' if name == 'hours aggregated' else ' s'}" for name, value in timings.items()
+        )
+        figures.append(("dataset", Figure(f"~{size:,} events, 5,000 users, 30 days", built)))
     figures += [("queries", f) for f in query_latency.measure(calls=60)]
     figures += [("ingest", f) for f in ingest.measure(seconds=3 if args.quick else 5)]
     figures += [("freshness", f) for f in freshness.measure(seconds=30 if args.quick else 60)]
