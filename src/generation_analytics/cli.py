@@ -316,6 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if args.command in {"serve", "worker", "migrate"}:
+            print(f"error: `{args.command}` needs the service extra ({exc.name} is missing):", file=sys.stderr)
+            print("  pip install 'generation-analytics[service,embedded]'", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
