@@ -27,12 +27,18 @@ DEFAULT_TARGET = os.environ.get("GA_TARGET", "127.0.0.1:50051")
 # ---------------------------------------------------------------- service commands
 
 
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler logs every run at INFO (every 2 s here); our jobs log what they did themselves.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from generation_analytics.service.server import serve
     from generation_analytics.service.settings import describe, load_settings
 
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings.log_level)
     if args.print_settings:
         for name, value in describe(settings):
             print(f"{name}={value}")
@@ -52,7 +58,7 @@ def _worker(args: argparse.Namespace) -> int:
     from generation_analytics.service.settings import load_settings
 
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings.log_level)
     run_worker(settings)
     return 0
 
