@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from generation_analytics.service.queries.totals import Totals, add_row
+from generation_analytics.service.queries.totals import Totals, add_row, build
 from generation_analytics.service.queries.window import Window, daily_split
 
 _COLUMNS = """model_checkpoint, total_requests AS requests, successful_generations AS successes,
@@ -57,21 +57,8 @@ async def model_performance(conn: AsyncConnection[Any], window: Window) -> Model
             last_used[name] = max(last_used.get(name, row["last_used_at"]), row["last_used_at"])
     models = []
     for name, t in totals.items():
-        p50, p95, p99 = t.percentiles(0.5, 0.95, 0.99)
         models.append(
-            ModelPerformance(
-                model_checkpoint=name,
-                total_generations=t.completions,
-                successful_generations=t.successes,
-                failed_generations=t.failures,
-                success_rate_pct=t.success_rate * 100,
-                avg_duration_ms=t.avg_duration_ms,
-                p50_duration_ms=p50,
-                p95_duration_ms=p95,
-                p99_duration_ms=p99,
-                total_images_generated=t.images,
-                last_used_at=last_used[name],
-            )
+            build(ModelPerformance, t.figures(50, 95, 99), model_checkpoint=name, last_used_at=last_used[name])
         )
     models.sort(key=lambda m: (-m.total_generations, m.model_checkpoint))
     return ModelPerformanceReport(lookback_days=window.days, models=models)

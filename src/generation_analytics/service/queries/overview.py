@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from generation_analytics.service.queries.totals import Totals, add_row
+from generation_analytics.service.queries.totals import Totals, add_row, build
 from generation_analytics.service.queries.window import Window, day_start
 
 HOURLY_ROWS = """
@@ -76,22 +76,11 @@ async def overview(conn: AsyncConnection[Any], window: Window, *, pending_events
     totals = Totals()
     for row in await hourly_rows(conn, window):
         add_row(totals, row)
-    p50, p95, p99 = totals.percentiles(0.5, 0.95, 0.99)
-    return Overview(
+    return build(
+        Overview,
+        totals.figures(50, 95, 99),
         lookback_days=window.days,
-        total_requests=totals.requests,
-        successful_generations=totals.successes,
-        failed_generations=totals.failures,
-        cancelled_generations=totals.cancellations,
-        success_rate_pct=totals.success_rate * 100,
-        avg_duration_ms=totals.avg_duration_ms,
-        p50_duration_ms=p50,
-        p95_duration_ms=p95,
-        p99_duration_ms=p99,
         unique_users=totals.unique_users,
-        total_images_generated=totals.images,
-        avg_queue_length=totals.avg_queue_length,
-        max_queue_length=totals.max_queue or 0,
         data_as_of=await data_as_of(conn, window),
         pending_events=pending_events,
         window_start=window.start,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from generation_analytics.service import sketches
 from generation_analytics.service.queries.window import rate
@@ -82,6 +83,32 @@ class Totals:
     def percentiles(self, *qs: float) -> list[float]:
         """Percentiles of the durations (within 1%: read from the merged histograms)."""
         return sketches.quantiles(sketches.merge(self.hists), qs)
+
+    def figures(self, *percentiles: int) -> dict[str, Any]:
+        """The figures under their API names (DESIGN.md §3), with the pNN_duration_ms asked for."""
+        values = self.percentiles(*(p / 100 for p in percentiles)) if percentiles else []
+        return {
+            "total_requests": self.requests,
+            "successful_generations": self.successes,
+            "failed_generations": self.failures,
+            "cancelled_generations": self.cancellations,
+            "total_generations": self.completions,
+            "success_rate_pct": self.success_rate * 100,
+            "avg_duration_ms": self.avg_duration_ms,
+            "total_images_generated": self.images,
+            "avg_queue_length": self.avg_queue_length,
+            "max_queue_length": self.max_queue or 0,
+            **{f"p{p}_duration_ms": v for p, v in zip(percentiles, values, strict=True)},
+        }
+
+
+T = TypeVar("T")
+
+
+def build(cls: type[T], figures: dict[str, Any], **fields: Any) -> T:
+    """An instance of the result dataclass `cls` from the `figures` it has fields for, plus `fields`."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in figures.items() if k in names}, **fields)
 
 
 def add_row(totals: Totals, row: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from generation_analytics.service.queries.events import EventRecord, recent_activity
-from generation_analytics.service.queries.totals import Totals, add_row
+from generation_analytics.service.queries.totals import Totals, add_row, build
 from generation_analytics.service.queries.window import Window
 
 USER_ROWS = """
@@ -74,19 +74,11 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
             models.update(row["model_counts"])
             first = row["first_event_at"] if first is None else min(first, row["first_event_at"])
             last = row["last_event_at"] if last is None else max(last, row["last_event_at"])
-    p50, p95 = totals.percentiles(0.5, 0.95)
-    return UserAnalytics(
+    return build(
+        UserAnalytics,
+        totals.figures(50, 95),
         user_id=user_id,
         lookback_days=window.days,
-        total_requests=totals.requests,
-        successful_generations=totals.successes,
-        failed_generations=totals.failures,
-        cancelled_generations=totals.cancellations,
-        success_rate_pct=totals.success_rate * 100,
-        avg_duration_ms=totals.avg_duration_ms,
-        p50_duration_ms=p50,
-        p95_duration_ms=p95,
-        total_images_generated=totals.images,
         first_generation_at=first,
         last_generation_at=last,
         failure_breakdown=[FailureCount(error_type=k, count=v) for k, v in _ranked(errors)],
