@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -40,10 +40,15 @@ def make_event(kind: str = "completion", **fields: Any) -> events_pb2.Generation
 
 
 def full_event() -> events_pb2.GenerationEvent:
-    """An event with every field set, to check nothing is lost on the way."""
+    """An event with every field set, to check nothing is lost on the way.
+
+    Its timestamp is a couple of hours ago (well within retention, never in the future, whenever the
+    tests run), with minutes, seconds and microseconds all set so a round trip checks full precision.
+    """
+    when = (datetime.now(UTC) - timedelta(hours=2)).replace(minute=45, second=7, microsecond=123456)
     return make_event(
         "completion",
-        timestamp=datetime(2026, 11, 27, 13, 45, 7, 123456, tzinfo=UTC),
+        timestamp=when,
         duration_ms=12_345,
         success=False,
         error_type="OutOfMemory",

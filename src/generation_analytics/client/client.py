@@ -21,6 +21,9 @@ from generation_analytics.v1 import (
 )
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# Backoff jitter from the OS, never the global `random` state (that would perturb the caller's seeded
+# sequences, and tests that check it); unlike a module-level Random() it differs in forked processes.
+_JITTER = random.SystemRandom()
 INTERVALS = {"hourly": analytics_pb2.INTERVAL_HOURLY, "daily": analytics_pb2.INTERVAL_DAILY}
 ORDERS = {"newest": analytics_pb2.EVENT_ORDER_NEWEST, "slowest": analytics_pb2.EVENT_ORDER_SLOWEST}
 EVENT_TYPE_FILTERS = {
@@ -109,7 +112,7 @@ class AnalyticsClient:
                 error = AnalyticsClientError.from_rpc_error(exc)
                 if not error.retryable or attempt >= self.retries:
                     raise error from None
-                time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+                time.sleep(self.backoff_s * 2**attempt * (0.5 + _JITTER.random()))
                 attempt += 1
 
     # EventService

@@ -26,6 +26,11 @@ from generation_analytics.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
+# Backoff jitter from the OS, never the global `random` state: the sender thread runs whenever it likes
+# and must not perturb the application's seeded sequences (or tests that check them, like hypothesis).
+# Unlike a module-level Random(), it also differs between processes forked from one parent.
+_JITTER = random.SystemRandom()
+
 _FIELDS = frozenset(_SCALARS) | {"image_dimensions", "attributes", "event_id"}
 
 
@@ -206,7 +211,7 @@ class EventRecorder:
                     return
                 if self._closing and time.monotonic() > self._close_deadline:
                     return
-                delay = min(self.max_backoff_s, 0.05 * 2**attempt) * (0.5 + random.random())
+                delay = min(self.max_backoff_s, 0.05 * 2**attempt) * (0.5 + _JITTER.random())
                 if self._closing:
                     delay = min(delay, max(0.0, self._close_deadline - time.monotonic()))
                 log.debug("EventRecorder: service unavailable (%s); retrying in %.2f s", exc.code.name, delay)
