@@ -89,6 +89,15 @@ def create_database(admin_dsn: str, name: str, *, template: str | None = None) -
     return make_conninfo(admin_dsn, dbname=name)
 
 
+def empty_tables(dsn: str) -> None:
+    """Remove every row of every table but the migration ledger (for tests that reuse a database)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+        ).fetchall()]  # fmt: skip
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, tables))))
+
+
 def drop_database(admin_dsn: str, name: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

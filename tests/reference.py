@@ -146,6 +146,10 @@ def day_of(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
+def month_of(moment: datetime) -> date:
+    return moment.astimezone(UTC).date().replace(day=1)
+
+
 def close(actual: float, expected: float, *, rel: float = 0.01) -> bool:
     """Within `rel` relative error (percentiles read from histograms)."""
     return abs(actual - expected) <= rel * abs(expected) + 1e-9

@@ -1,12 +1,21 @@
-"""Checks that every rollup table equals a brute-force recompute from generation_events."""
+"""Checks that every rollup table, and the answers read from them, equal a brute-force recompute from
+generation_events."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from generation_analytics.service import sketches
+from generation_analytics.service.queries.failures import failure_analysis
+from generation_analytics.service.queries.models import model_performance
+from generation_analytics.service.queries.overview import overview
+from generation_analytics.service.queries.users import top_users, user_analytics
+from generation_analytics.service.queries.window import hour_floor, window
 from tests import reference as ref
 
 
@@ -25,6 +34,8 @@ def same(got: float | None, want: float | None) -> bool:
 def assert_rollups_match_raw(dsn: str) -> None:
     """Compare every rollup table with an independent recompute from generation_events."""
     raw = ref.load(dsn)
+    uids = dict(fetch(dsn, "SELECT uid, user_id::text FROM generation_users"))
+    assert len(set(uids.values())) == len(uids)
     by_hour = ref.group(raw, lambda e: e.hour)
 
     hourly = fetch(
@@ -86,34 +97,61 @@ def assert_rollups_match_raw(dsn: str) -> None:
         messages = {e.error_message for e in group if e.error_message}
         assert set(row[7]) <= messages and len(row[7]) == min(5, len(messages))
         assert row[8] == dict(ref.model_counts(group))
-        assert sketches.union_count([row[9]]) == len({e.user_id for e in group})
+        assert {uids[uid] for uid in sketches.user_set([row[9]])} == {e.user_id for e in group}
+
+    mislabelled = fetch(
+        dsn,
+        "SELECT count(*) FROM generation_events AS e JOIN generation_users AS u USING (uid)"
+        " WHERE e.user_id <> u.user_id",
+    )
+    assert mislabelled == [(0,)], "an event carries another user's uid"
+    for row in hourly:  # the hour's user set holds exactly the uids of its users
+        assert {uids[uid] for uid in sketches.user_set([row[18]])} == ref.summarize(by_hour[row[0]]).users
 
     users = fetch(
         dsn,
-        "SELECT user_id::text, hour, total_requests, successful_generations, failed_generations,"
+        "SELECT uid, hour, events, total_requests, successful_generations, failed_generations,"
         " cancelled_generations, duration_count, duration_sum, total_images_generated, first_event_at,"
         " last_event_at, error_counts, model_counts, duration_hist FROM generation_user_metrics_hourly",
     )
     by_user = ref.group(raw, lambda e: (e.user_id, e.hour))
-    assert {(r[0], r[1]) for r in users} == set(by_user)
+    assert {(uids[r[0]], r[1]) for r in users} == set(by_user)
     for row in users:
-        group = by_user[(row[0], row[1])]
+        group = by_user[(uids[row[0]], row[1])]
         s = ref.summarize(group)
-        assert row[2:11] == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
+        assert row[2:12] == (len(group), s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
                              sum(s.durations), s.images, s.first_at, s.last_at)  # fmt: skip
-        assert row[11] == dict(ref.error_counts(group))
-        assert row[12] == dict(ref.model_counts(group))
-        assert int(sketches.merge([row[13]]).sum()) == len(s.durations)
+        assert row[12] == dict(ref.error_counts(group))
+        assert row[13] == dict(ref.model_counts(group))
+        assert list(sketches.merge([row[14]])) == list(
+            sketches.merge(sketches.encode({sketches.bucket_of(d): 1}) for d in s.durations)
+        )
 
+    # Running totals restart every UTC month.
     running = fetch(
         dsn,
-        "SELECT user_id::text, hour, cum_requests, cum_successes, cum_failures, cum_cancellations,"
+        "SELECT uid, hour, cum_events, cum_requests, cum_successes, cum_failures, cum_cancellations,"
         " cum_duration_count, cum_duration_sum FROM generation_user_metrics_hourly",
     )
+    by_user_month = ref.group(raw, lambda e: (e.user_id, ref.month_of(e.timestamp)))
     for row in running:
-        s = ref.summarize(e for e in raw if e.user_id == row[0] and e.hour <= row[1])
-        assert row[2:] == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
-                           sum(s.durations))  # fmt: skip
+        before = [e for e in by_user_month[(uids[row[0]], ref.month_of(row[1]))] if e.hour <= row[1]]
+        s = ref.summarize(before)
+        assert row[2:] == (len(before), s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
+                           sum(s.durations)), (uids[row[0]], row[1], row[2:])  # fmt: skip
+
+    months = fetch(
+        dsn,
+        "SELECT uid, month, user_id::text, events, total_requests, successful_generations, failed_generations,"
+        " cancelled_generations, duration_count, duration_sum, last_hour, last_event_at"
+        " FROM generation_user_metrics_monthly",
+    )
+    assert {(uids[r[0]], r[1]) for r in months} == set(by_user_month)
+    for row in months:
+        group = by_user_month[(uids[row[0]], row[1])]
+        s = ref.summarize(group)
+        assert row[2:] == (uids[row[0]], len(group), s.total_requests, s.successful, s.failed, s.cancelled,
+                           len(s.durations), sum(s.durations), max(e.hour for e in group), s.last_at)  # fmt: skip
 
     model_days = fetch(
         dsn,
@@ -151,4 +189,70 @@ def assert_rollups_match_raw(dsn: str) -> None:
         messages = {e.error_message for e in group if e.error_message}
         assert set(row[7]) <= messages and len(row[7]) == min(5, len(messages))
         assert row[8] == dict(ref.model_counts(group))
-        assert sketches.union_count([row[9]]) == len({e.user_id for e in group})
+        assert {uids[uid] for uid in sketches.user_set([row[9]])} == {e.user_id for e in group}
+
+
+TOP_USERS = 1_000  # the most ListTopUsers answers
+
+
+async def _answers(dsn: str, days: int, now: datetime) -> tuple[Any, ...]:
+    w = window(days, default=days, now=now)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        return (
+            await overview(conn, w, pending_events=0),
+            await model_performance(conn, w),
+            await failure_analysis(conn, w),
+            await top_users(conn, w, limit=TOP_USERS),
+            await user_analytics(conn, raw_users[0], w) if (raw_users := _some_users(dsn)) else None,
+        )
+
+
+def _some_users(dsn: str) -> list[str]:
+    return [row[0] for row in fetch(dsn, "SELECT user_id::text FROM generation_events ORDER BY id DESC LIMIT 1")]
+
+
+def assert_queries_match_raw(dsn: str, *, days: Sequence[int] = (1, 7, 30, 90)) -> None:
+    """The answers that read the daily, monthly and running-total rollups agree with the raw events,
+    window by window (late events, month edges and clocks ahead included)."""
+    raw = ref.load(dsn)
+    now = datetime.now(UTC)
+    for d in days:
+        answers = asyncio.run(_answers(dsn, d, now))
+        if hour_floor(datetime.now(UTC)) != hour_floor(now):
+            return  # the hour turned while asking: the windows moved under the reference
+        got_overview, got_models, got_failures, got_top, got_user = answers
+        window_events = ref.in_window(raw, d, now)
+        s = ref.summarize(window_events)
+        assert (got_overview.total_requests, got_overview.successful_generations, got_overview.failed_generations,
+                got_overview.cancelled_generations, got_overview.unique_users) == (
+            s.total_requests, s.successful, s.failed, s.cancelled, len(s.users))  # fmt: skip
+
+        by_model = ref.group(window_events, lambda e: e.model_checkpoint)
+        assert {m.model_checkpoint for m in got_models.models} == set(by_model), d
+        for m in got_models.models:
+            ms = ref.summarize(by_model[m.model_checkpoint])
+            assert (m.total_generations, m.successful_generations, m.failed_generations, m.total_images_generated,
+                    m.last_used_at) == (ms.successful + ms.failed, ms.successful, ms.failed, ms.images,
+                                        ms.last_at), (d, m.model_checkpoint)  # fmt: skip
+
+        failed = [e for e in window_events if e.failed]
+        by_error = ref.group(failed, lambda e: e.error_type or "")
+        assert (got_failures.total_failures, got_failures.total_completions) == (s.failed, s.successful + s.failed)
+        assert {e.error_type: (e.count, e.affected_users) for e in got_failures.error_types} == {
+            k: (len(v), len({e.user_id for e in v})) for k, v in by_error.items()
+        }, d
+
+        by_user = ref.group(window_events, lambda e: e.user_id)
+        want = sorted(by_user, key=lambda u: (-ref.summarize(by_user[u]).total_requests, u))[:TOP_USERS]
+        assert [u.user_id for u in got_top.users] == want, d
+        for user in got_top.users:
+            us = ref.summarize(by_user[user.user_id])
+            assert (user.total_requests, user.successful_generations, user.failed_generations,
+                    user.last_generation_at) == (us.total_requests, us.successful, us.failed, us.last_at)  # fmt: skip
+            assert same(user.avg_duration_ms, us.avg_duration or 0.0)
+
+        if got_user is not None:
+            us = ref.summarize(by_user.get(got_user.user_id, []))
+            assert (got_user.total_requests, got_user.successful_generations, got_user.failed_generations,
+                    got_user.cancelled_generations) == (us.total_requests, us.successful, us.failed,
+                                                        us.cancelled), d  # fmt: skip

@@ -32,7 +32,7 @@ from generation_analytics.service.settings import PostgresSettings, Settings
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
 from tests.fix_server import LiveServer
-from tests.rollup_check import assert_rollups_match_raw
+from tests.rollup_check import assert_queries_match_raw, assert_rollups_match_raw
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 CLI = str(Path(sys.executable).parent / "generation-analytics")
@@ -54,6 +54,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "GA_TRANSFER_INTERVAL_S": "0.2",
         "GA_AGGREGATION_INTERVAL_S": "0.3",
         "GA_TRANSFER_BATCH_SIZE": "500",
+        "GA_AGGREGATION_BATCH_HOURS": "3",
         "GA_RECLAIM_IDLE_MS": "1000",
         "GA_LOG_LEVEL": "WARNING",
         **extra,
@@ -229,3 +230,47 @@ def test_three_replicas_store_each_event_once_and_agree(settings: Settings) -> N
     ids, total = stored(settings.postgres.dsn)
     assert ids == acked and total == len(acked)
     assert_rollups_match_raw(settings.postgres.dsn)
+
+
+LATE_DAYS = [0, 0, 1, 3, 8, 30, 59, 89]
+
+
+def test_two_workers_and_a_server_aggregating_scattered_late_events_agree_with_raw(settings: Settings) -> None:
+    """Late events days and months apart, recorded while two `worker`s and a server aggregate at once
+    (short batches, so they interleave): nothing fails, nothing stays dirty, every rollup equals raw."""
+    port = free_port()
+    env = service_env(settings, GA_LISTEN_ADDR=f"127.0.0.1:{port}", GA_HTTP_ADDR="off")
+    processes = [subprocess.Popen([CLI, "serve"], env=env)]
+    processes += [subprocess.Popen([CLI, "worker"], env=service_env(settings)) for _ in range(2)]
+    target = f"127.0.0.1:{port}"
+    rng = random.Random(8)
+    now = datetime.now(UTC)
+    users = [str(uuid.UUID(int=i + 1, version=4)) for i in range(12)]
+    try:
+        grpc.channel_ready_future(grpc.insecure_channel(target)).result(timeout=60)
+        with AnalyticsClient(target, retries=5) as client:
+            for _ in range(15):
+                batch = [
+                    make_event(
+                        rng.choice(["request", "completion", "cancellation"]),
+                        user_id=rng.choice(users),
+                        timestamp=now
+                        - timedelta(days=rng.choice([0, 0, 1, 3, 8, 30, 59, 89]), hours=rng.random() * 23),
+                        model_checkpoint=rng.choice(["sdxl-1.0", "flux-dev"]),
+                    )
+                    for _ in range(40)
+                ]
+                assert client.record_events(batch).accepted_count == len(batch)
+                time.sleep(0.3)
+        wait_until_drained(target, timeout_s=120)
+        with AnalyticsClient(target) as client:
+            status = client.pipeline_status()
+        assert (status.dirty_hours, status.failing_hours_count) == (0, 0)
+        assert not status.last_aggregation.error
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+    assert_rollups_match_raw(settings.postgres.dsn)
+    assert_queries_match_raw(settings.postgres.dsn)

@@ -301,3 +301,68 @@ def test_transfer_marks_the_hours_it_touched_dirty(
     with psycopg.connect(settings.postgres.dsn) as conn:
         hours = sorted(r[0] for r in conn.execute("SELECT hour FROM generation_dirty_hours").fetchall())
     assert hours == [hour - timedelta(hours=3), hour]
+
+
+def test_every_reclaimed_entry_is_capped_though_our_own_pending_entries_lie_between(
+    pipeline: Pipeline, stream_client: redis.Redis, settings: Settings
+) -> None:
+    ns = settings.redis.namespace
+    stream = StreamKeys(ns).stream
+    pipeline.transfer.ensure_group()
+    batch = events(40)
+    push(stream_client, ns, batch)
+    successor = Transfer(
+        redis_client=pipeline.redis,
+        pool=pipeline.pool,
+        keys=StreamKeys(ns),
+        pipeline=settings.pipeline,  # reclaims entries idle for reclaim_idle_ms (60 s), not fresher ones
+        limits=settings.limits,
+    )
+    delivered: Any = stream_client.xreadgroup(TRANSFER_GROUP, "doomed", {stream: ">"})
+    ids = [entry_id for entry_id, _ in delivered[0][1]]
+    doomed, ours = ids[0::2], ids[1::2]
+    # Every other entry: a stopped worker died on it max_deliveries times, the last an hour ago.
+    max_deliveries = settings.pipeline.max_deliveries
+    stream_client.xclaim(stream, TRANSFER_GROUP, "doomed", 0, doomed, idle=3_600_000, retrycount=max_deliveries)
+    # The ones between: read by the successor a moment ago and not stored yet (not idle, not reclaimed).
+    stream_client.xclaim(stream, TRANSFER_GROUP, successor.consumer, 0, ours, idle=0, retrycount=1)
+
+    report = successor.run()
+
+    assert (report.reclaimed, report.dead_lettered, report.inserted) == (20, 20, 20)
+    assert sorted(entry_id for entry_id, _ in dead_letters(settings.postgres.dsn)) == sorted(i.decode() for i in doomed)
+    assert sorted(stored_ids(settings.postgres.dsn)) == sorted(e.event_id for e in batch[1::2])
+    assert pending_count(stream_client, ns) == 0
+
+
+def test_every_reread_entry_is_capped_though_deleted_entries_lie_between(
+    pipeline: Pipeline, stream_client: redis.Redis, settings: Settings
+) -> None:
+    ns = settings.redis.namespace
+    stream = StreamKeys(ns).stream
+    pipeline.transfer.ensure_group()
+    push(stream_client, ns, events(1))  # left behind by a stopped worker an hour ago: reclaimed first
+    stopped: Any = stream_client.xreadgroup(TRANSFER_GROUP, "stopped", {stream: ">"})
+    stream_client.xclaim(stream, TRANSFER_GROUP, "stopped", 0, [stopped[0][1][0][0]], idle=3_600_000)
+    push(stream_client, ns, events(40))
+    delivered: Any = stream_client.xreadgroup(TRANSFER_GROUP, "worker", {stream: ">"})
+    ids = [entry_id for entry_id, _ in delivered[0][1]]
+    kept, deleted = ids[0::2], ids[1::2]
+    # The worker failed on every other entry max_deliveries times (and read them a moment ago).
+    max_deliveries = settings.pipeline.max_deliveries
+    stream_client.xclaim(stream, TRANSFER_GROUP, "worker", 0, kept, retrycount=max_deliveries)
+    calls: list[str] = []
+
+    def delete_after_reclaim(point: str) -> None:
+        # Entries deleted from the stream (by hand) while pending stay in the PEL, and a history read
+        # skips them. XAUTOCLAIM purges them from the PEL, so delete them once the reclaim is done.
+        calls.append(point)
+        if calls == ["after_commit", "after_ack"]:
+            stream_client.xdel(stream, *deleted)
+
+    transfer = replace_batch_size(pipeline, settings, 10_000, consumer="worker", fail_point=delete_after_reclaim)
+    report = transfer.run()
+
+    # 1 reclaimed + the 20 kept entries re-read as history (the deleted ones between were skipped).
+    assert (report.reclaimed, report.read_entries, report.dead_lettered, report.inserted) == (1, 21, 20, 1)
+    assert sorted(entry_id for entry_id, _ in dead_letters(settings.postgres.dsn)) == sorted(i.decode() for i in kept)

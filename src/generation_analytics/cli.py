@@ -177,7 +177,17 @@ RENDERERS: dict[str, Renderer] = {
             "last_generation_at",
         ],
     ),
-    "status": lambda d: fields_block(d) + "\n\n" + table(d["hours_with_data"], ["day", "hours_with_data"]),
+    "status": lambda d: (
+        fields_block(d)
+        + "\n\n"
+        + table(d["hours_with_data"], ["day", "hours_with_data"])
+        + (
+            "\n\nfailing hours (retried with backoff; the others keep flowing):\n"
+            + table(d["failing_hours"], ["hour", "failing_since", "failures", "next_retry_at", "last_error"])
+            if d["failing_hours"]
+            else ""
+        )
+    ),
     "transfer": fields_block,
     "aggregate": fields_block,
 }

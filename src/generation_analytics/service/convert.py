@@ -145,4 +145,15 @@ def pipeline_status_message(status: PipelineStatus) -> pipeline_pb2.GetPipelineS
         last_transfer=_job_run(status.jobs.get("transfer")),
         last_aggregation=_job_run(status.jobs.get("aggregation")),
         dirty_hours=status.dirty_hours,
+        failing_hours=[
+            pipeline_pb2.FailingHour(
+                hour=timestamp(f.hour),
+                failing_since=timestamp(f.failing_since),
+                failures=f.failures,
+                last_error=f.last_error,
+                next_retry_at=timestamp(f.next_retry_at),
+            )
+            for f in status.failing_hours
+        ],
+        failing_hours_count=status.failing_hours_count,
     )

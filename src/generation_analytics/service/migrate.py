@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from generation_analytics.service.sketches import from_legacy_bitmap
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +69,36 @@ SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
 INSERT_APPLIED = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
 
 
+# Tables whose user sets 0005 turns from fixed-width bitmaps into Roaring bitmaps, with their keys.
+_USER_SET_TABLES = {
+    "generation_metrics_hourly": ("timestamp",),
+    "generation_error_metrics_hourly": ("hour", "error_type"),
+    "generation_error_metrics_daily": ("day", "error_type"),
+}
+
+
+def _roaring_user_sets(conn: psycopg.Connection[Any]) -> None:
+    """0005: re-encode every stored user set (SQL cannot build a Roaring bitmap)."""
+    for table, keys in _USER_SET_TABLES.items():
+        columns = sql.SQL(", ").join(map(sql.Identifier, keys))
+        rows = conn.execute(
+            sql.SQL("SELECT {}, user_bitmap FROM {} WHERE user_bitmap <> ''").format(columns, sql.Identifier(table))
+        ).fetchall()
+        match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys)
+        update = sql.SQL("UPDATE {} SET user_bitmap = %s WHERE {}").format(sql.Identifier(table), match)
+        with conn.cursor() as cur:
+            cur.executemany(update, [(from_legacy_bitmap(row[-1]), *row[:-1]) for row in rows])
+        log.info("migration 0005: re-encoded %d user sets in %s", len(rows), table)
+
+
+# Conversions SQL cannot do, run right after the migration of the same version, in its transaction.
+DATA_STEPS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _roaring_user_sets}
+
+
 def migrate(dsn: str, *, folder: Path | None = None) -> list[int]:
     """Apply pending migrations to the database at `dsn`; returns the versions applied now."""
     applied_now: list[int] = []
+    data_steps = DATA_STEPS if folder is None else {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         # Session-level lock: held across the per-migration transactions below.
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
@@ -83,6 +115,8 @@ def migrate(dsn: str, *, folder: Path | None = None) -> list[int]:
                 log.info("applying migration %04d_%s", migration.version, migration.name)
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
+                    if migration.version in data_steps:
+                        data_steps[migration.version](conn)
                     conn.execute(INSERT_APPLIED, (migration.version, migration.name, migration.checksum))
                 applied_now.append(migration.version)
         finally:

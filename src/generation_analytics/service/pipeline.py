@@ -37,7 +37,8 @@ class Pipeline:
             socket_connect_timeout=settings.redis.socket_timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
-        self.pool = sync_pool(settings.postgres, name="pipeline", max_size=settings.pipeline.transfer_store_workers + 3)
+        # Transfer storers, aggregation parts (aggregate.PARTS) plus its bookkeeping, retention, run records.
+        self.pool = sync_pool(settings.postgres, name="pipeline", max_size=settings.pipeline.transfer_store_workers + 6)
         keys = StreamKeys(settings.redis.namespace)
         self.transfer = Transfer(
             redis_client=self.redis,

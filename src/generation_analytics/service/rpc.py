@@ -250,6 +250,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             hours_aggregated=report.hours_aggregated,
             duration_s=report.duration_s,
             remaining_dirty_hours=report.remaining_dirty_hours,
+            failed_hours=report.failed_hours,
         )
 
 

@@ -99,6 +99,7 @@ class PipelineSettings:
     reclaim_idle_ms: int = 60_000
     # An entry delivered this many times without being stored is dead-lettered.
     max_deliveries: int = 5
+    # Dirty hours recomputed per transaction (a failing batch is split down to the hour that fails).
     aggregation_batch_hours: int = 48
     aggregation_time_budget_s: float = 30.0
     retention_days: int = 90
@@ -149,6 +150,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_TRANSFER_STORE_WORKERS": ("pipeline", "transfer_store_workers"),
     "GA_RECLAIM_IDLE_MS": ("pipeline", "reclaim_idle_ms"),
     "GA_MAX_DELIVERIES": ("pipeline", "max_deliveries"),
+    "GA_AGGREGATION_BATCH_HOURS": ("pipeline", "aggregation_batch_hours"),
     "GA_RETENTION_DAYS": ("pipeline", "retention_days"),
     "GA_DATA_DIR": ("", "data_dir"),
     "GA_LOG_LEVEL": ("", "log_level"),

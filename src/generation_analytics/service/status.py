@@ -38,6 +38,15 @@ class StreamStatus:
 
 
 @dataclass
+class FailingHour:
+    hour: datetime
+    failing_since: datetime | None
+    failures: int
+    last_error: str
+    next_retry_at: datetime | None
+
+
+@dataclass
 class PipelineStatus:
     stream: StreamStatus
     now: datetime
@@ -47,6 +56,8 @@ class PipelineStatus:
     total_hours: int = 0
     hours_with_data: list[tuple[date, int]] = field(default_factory=list)
     dirty_hours: int = 0
+    failing_hours: list[FailingHour] = field(default_factory=list)
+    failing_hours_count: int = 0
     jobs: dict[str, JobRunStatus] = field(default_factory=dict)
 
 
@@ -107,7 +118,13 @@ SELECT (SELECT created_at FROM generation_events ORDER BY id DESC LIMIT 1),
        (SELECT max(timestamp) FROM generation_metrics_hourly),
        (SELECT count(*) FROM generation_metrics_hourly),
        (SELECT count(*) FROM generation_dirty_hours),
-       now()
+       now(),
+       (SELECT count(*) FROM generation_dirty_hours WHERE failures > 0)
+"""
+MAX_FAILING_HOURS = 20
+FAILING_HOURS = """
+SELECT hour, failing_since, failures, coalesce(last_error, ''), retry_at
+FROM generation_dirty_hours WHERE failures > 0 ORDER BY hour LIMIT %(limit)s
 """
 HOURS_WITH_DATA = """
 SELECT DATE(timestamp) AS day, count(*) AS hours_with_data
@@ -126,6 +143,7 @@ async def pipeline_status(client: aioredis.Redis, pool: AsyncConnectionPool, key
         row: Any = await (await conn.execute(DATABASE_STATUS)).fetchone()
         days = await (await conn.execute(HOURS_WITH_DATA)).fetchall()
         runs = await (await conn.execute(JOB_RUNS)).fetchall()
+        failing = await (await conn.execute(FAILING_HOURS, {"limit": MAX_FAILING_HOURS})).fetchall()
     status = PipelineStatus(
         stream=stream,
         latest_event_at=row[0],
@@ -135,6 +153,8 @@ async def pipeline_status(client: aioredis.Redis, pool: AsyncConnectionPool, key
         dirty_hours=int(row[4]),
         now=row[5],
         hours_with_data=[(day, int(count)) for day, count in days],
+        failing_hours=[FailingHour(*row) for row in failing],
+        failing_hours_count=int(row[6]),
     )
     for job, started_at, duration_s, processed, error, last_error, last_error_at in runs:
         status.jobs[job] = JobRunStatus(

@@ -112,12 +112,37 @@ class _JsonbFromText(Dumper):
 
 _COLUMNS = ", ".join(ROW_COLUMNS)
 
+# Each user gets a dense id (uid, for the Roaring user sets of the rollups) the first time one of their
+# events is stored: looked up once per distinct user of a batch (an index probe each, never a scan of
+# every user), new users inserted in user_id order so concurrent workers cannot deadlock. A user another
+# worker is inserting at the same time is waited for by ON CONFLICT and, committed by then, found by the
+# fallback lookup of INSERT_FROM_STAGING (the next statement).
+CREATE_BATCH_USERS = """
+CREATE TEMP TABLE IF NOT EXISTS transfer_users (user_id uuid, uid integer) ON COMMIT DELETE ROWS
+"""
+FIND_BATCH_USERS = """
+WITH batch AS (
+    SELECT s.user_id, (SELECT u.uid FROM generation_users AS u WHERE u.user_id = s.user_id) AS uid
+    FROM (SELECT DISTINCT user_id FROM transfer_staging) AS s
+), added AS (
+    INSERT INTO generation_users (user_id)
+    SELECT user_id FROM batch WHERE uid IS NULL ORDER BY user_id
+    ON CONFLICT (user_id) DO NOTHING
+    RETURNING user_id, uid
+)
+INSERT INTO transfer_users (user_id, uid)
+SELECT b.user_id, coalesce(b.uid, a.uid) FROM batch AS b LEFT JOIN added AS a USING (user_id)
+"""
+
 # Insert what is new, mark the hours it falls in as dirty (fresh version, see 0002_pipeline.sql).
 # Rows and hours are taken in a fixed order so concurrent workers cannot deadlock.
 INSERT_FROM_STAGING = f"""
 WITH inserted AS (
-    INSERT INTO generation_events ({_COLUMNS})
-    SELECT {_COLUMNS} FROM transfer_staging ORDER BY event_id
+    INSERT INTO generation_events ({_COLUMNS}, uid)
+    SELECT {", ".join(f"s.{c}" for c in ROW_COLUMNS)},
+           coalesce(u.uid, (SELECT g.uid FROM generation_users AS g WHERE g.user_id = s.user_id))
+    FROM transfer_staging AS s LEFT JOIN transfer_users AS u USING (user_id)
+    ORDER BY s.event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING timestamp
 ), marked AS (
@@ -313,11 +338,32 @@ class Transfer:
             raise errors[0]
 
     def _delivery_counts(self, entries: Sequence[Entry]) -> dict[bytes, int]:
+        """How often each entry has been delivered (this delivery included), for every one of them.
+
+        One XPENDING over the batch's id range, restricted to this consumer, usually answers for the
+        whole batch. But that range can also hold other entries pending for this consumer (read but
+        not idle long enough to be reclaimed, or deleted from the stream, which a history read skips),
+        and those use up `count` before the batch's last entries. Whatever it leaves unanswered is
+        looked up entry by entry (XPENDING min=max=id, count=1: O(log n) each), pipelined in one
+        round trip, so no entry escapes the `max_deliveries` cap by defaulting to one delivery.
+        """
         pending: Any = self._redis.xpending_range(
             self._keys.stream, TRANSFER_GROUP, min=entries[0][0], max=entries[-1][0],
             count=len(entries), consumername=self.consumer,
         )  # fmt: skip
-        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        wanted = {entry_id for entry_id, _ in entries}
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending if p["message_id"] in wanted}
+        missing = [entry_id for entry_id, _ in entries if entry_id not in counts]
+        if missing:
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in missing:
+                # Not restricted to this consumer: the entry's count is what matters, whoever holds it.
+                pipe.xpending_range(self._keys.stream, TRANSFER_GROUP, min=entry_id, max=entry_id, count=1)
+            replies: list[Any] = pipe.execute()
+            for entry_id, reply in zip(missing, replies, strict=True):
+                if reply:
+                    counts[entry_id] = int(reply[0]["times_delivered"])
+        return counts
 
     def _decode(self, entries: Sequence[Entry], deliveries: dict[bytes, int]) -> _Batch:
         batch = _Batch(entries=entries)
@@ -359,6 +405,7 @@ class Transfer:
         """
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(CREATE_STAGING)
+            conn.execute(CREATE_BATCH_USERS)
             inserted = self._insert_bisecting(conn, rows, row_entries, dead)
             if dead:
                 with conn.cursor() as cur:
@@ -389,13 +436,14 @@ class Transfer:
     @staticmethod
     def _insert(conn: psycopg.Connection[Any], rows: list[Row]) -> int:
         with conn.cursor() as cur:
-            cur.execute("TRUNCATE transfer_staging")
+            cur.execute("TRUNCATE transfer_staging, transfer_users")
             cur.adapters.register_dumper(None, _UuidFromText)
             cur.adapters.register_dumper(None, _JsonbFromText)
             with cur.copy(COPY_STAGING) as copy:
                 copy.set_types(COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
+            cur.execute(FIND_BATCH_USERS)
             cur.execute(INSERT_FROM_STAGING)
             counts = cur.fetchone()
             return int(counts[0]) if counts else 0

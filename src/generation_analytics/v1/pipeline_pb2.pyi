@@ -102,6 +102,44 @@ class DayCoverage(_message.Message):
 Global___DayCoverage: _TypeAlias = DayCoverage  # noqa: Y015
 
 @_typing.final
+class FailingHour(_message.Message):
+    """FailingHour is an hour whose aggregation fails: it is retried with backoff while others go on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOUR_FIELD_NUMBER: _builtins.int
+    FAILING_SINCE_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_RETRY_AT_FIELD_NUMBER: _builtins.int
+    failures: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def hour(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def failing_since(self) -> _timestamp_pb2.Timestamp:
+        """When it first failed, and how many attempts failed since."""
+
+    @_builtins.property
+    def next_retry_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        hour: _timestamp_pb2.Timestamp | None = ...,
+        failing_since: _timestamp_pb2.Timestamp | None = ...,
+        failures: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_retry_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failing_since", b"failing_since", "hour", b"hour", "next_retry_at", b"next_retry_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_since", b"failing_since", "failures", b"failures", "hour", b"hour", "last_error", b"last_error", "next_retry_at", b"next_retry_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailingHour: _TypeAlias = FailingHour  # noqa: Y015
+
+@_typing.final
 class GetPipelineStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -120,6 +158,8 @@ class GetPipelineStatusResponse(_message.Message):
     LAST_TRANSFER_FIELD_NUMBER: _builtins.int
     LAST_AGGREGATION_FIELD_NUMBER: _builtins.int
     DIRTY_HOURS_FIELD_NUMBER: _builtins.int
+    FAILING_HOURS_FIELD_NUMBER: _builtins.int
+    FAILING_HOURS_COUNT_FIELD_NUMBER: _builtins.int
     stream_length: _builtins.int
     """Entries in the Redis stream (acknowledged entries are trimmed)."""
     pending_entries: _builtins.int
@@ -134,7 +174,8 @@ class GetPipelineStatusResponse(_message.Message):
     seconds_since_latest_hourly_metric: _builtins.float
     total_hours: _builtins.int
     dirty_hours: _builtins.int
-    """Hours that received events and wait for aggregation."""
+    """Hours that received events and wait for aggregation (failing ones included)."""
+    failing_hours_count: _builtins.int
     @_builtins.property
     def latest_event_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -147,6 +188,10 @@ class GetPipelineStatusResponse(_message.Message):
     def last_transfer(self) -> Global___JobRun: ...
     @_builtins.property
     def last_aggregation(self) -> Global___JobRun: ...
+    @_builtins.property
+    def failing_hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailingHour]:
+        """Hours whose aggregation fails, oldest first (at most 20; failing_hours_count has them all)."""
+
     def __init__(
         self,
         *,
@@ -165,10 +210,12 @@ class GetPipelineStatusResponse(_message.Message):
         last_transfer: Global___JobRun | None = ...,
         last_aggregation: Global___JobRun | None = ...,
         dirty_hours: _builtins.int = ...,
+        failing_hours: _abc.Iterable[Global___FailingHour] | None = ...,
+        failing_hours_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_aggregation", b"last_aggregation", "last_transfer", b"last_transfer", "latest_event_at", b"latest_event_at", "latest_hourly_metric_at", b"latest_hourly_metric_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_count", b"dead_letter_count", "dirty_hours", b"dirty_hours", "hours_with_data", b"hours_with_data", "last_aggregation", b"last_aggregation", "last_transfer", b"last_transfer", "latest_event_at", b"latest_event_at", "latest_hourly_metric_at", b"latest_hourly_metric_at", "oldest_untransferred_age_s", b"oldest_untransferred_age_s", "pending_entries", b"pending_entries", "seconds_since_latest_event", b"seconds_since_latest_event", "seconds_since_latest_hourly_metric", b"seconds_since_latest_hourly_metric", "stream_length", b"stream_length", "total_events", b"total_events", "total_hours", b"total_hours", "undelivered_entries", b"undelivered_entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_count", b"dead_letter_count", "dirty_hours", b"dirty_hours", "failing_hours", b"failing_hours", "failing_hours_count", b"failing_hours_count", "hours_with_data", b"hours_with_data", "last_aggregation", b"last_aggregation", "last_transfer", b"last_transfer", "latest_event_at", b"latest_event_at", "latest_hourly_metric_at", b"latest_hourly_metric_at", "oldest_untransferred_age_s", b"oldest_untransferred_age_s", "pending_entries", b"pending_entries", "seconds_since_latest_event", b"seconds_since_latest_event", "seconds_since_latest_hourly_metric", b"seconds_since_latest_hourly_metric", "stream_length", b"stream_length", "total_events", b"total_events", "total_hours", b"total_hours", "undelivered_entries", b"undelivered_entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -267,20 +314,24 @@ class RunAggregationResponse(_message.Message):
     HOURS_AGGREGATED_FIELD_NUMBER: _builtins.int
     DURATION_S_FIELD_NUMBER: _builtins.int
     REMAINING_DIRTY_HOURS_FIELD_NUMBER: _builtins.int
+    FAILED_HOURS_FIELD_NUMBER: _builtins.int
     hours_aggregated: _builtins.int
     duration_s: _builtins.float
     remaining_dirty_hours: _builtins.int
-    """Dirty hours still waiting (locked by another replica or beyond the time budget)."""
+    """Dirty hours still waiting (locked by another replica, failing, or beyond the time budget)."""
+    failed_hours: _builtins.int
+    """Hours whose recompute failed in this run (retried later with backoff; see GetPipelineStatus)."""
     def __init__(
         self,
         *,
         hours_aggregated: _builtins.int = ...,
         duration_s: _builtins.float = ...,
         remaining_dirty_hours: _builtins.int = ...,
+        failed_hours: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_s", b"duration_s", "hours_aggregated", b"hours_aggregated", "remaining_dirty_hours", b"remaining_dirty_hours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_s", b"duration_s", "failed_hours", b"failed_hours", "hours_aggregated", b"hours_aggregated", "remaining_dirty_hours", b"remaining_dirty_hours"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,19 +12,19 @@ from psycopg.rows import dict_row
 
 from generation_analytics.service import sketches
 from generation_analytics.service.queries.overview import hourly_rows
-from generation_analytics.service.queries.window import Window, daily_split, rate
+from generation_analytics.service.queries.window import SPLIT_HOURS, Window, daily_split, rate
 
 SAMPLE_MESSAGES = 5
 
 _COLUMNS = """error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages,
        model_counts, user_bitmap"""
-# Whole days from the daily rollup, the window's partial first day from the hourly one; newest first.
+# Whole days from the daily rollup, the window's partial first and last days from the hourly one; newest first.
 ERROR_ROWS = f"""
 SELECT last_seen AS at, {_COLUMNS} FROM generation_error_metrics_daily
 WHERE day >= %(first_day)s AND day <= %(last_day)s
 UNION ALL
 SELECT last_seen AS at, {_COLUMNS} FROM generation_error_metrics_hourly
-WHERE hour >= %(edge_start)s AND hour < %(edge_end)s
+WHERE {SPLIT_HOURS}
 ORDER BY at DESC
 """
 

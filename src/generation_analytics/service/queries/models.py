@@ -11,16 +11,16 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from generation_analytics.service.queries.totals import Totals, add_row, build
-from generation_analytics.service.queries.window import Window, daily_split
+from generation_analytics.service.queries.window import SPLIT_HOURS, Window, daily_split
 
 _COLUMNS = """model_checkpoint, total_requests AS requests, successful_generations AS successes,
        failed_generations AS failures, cancelled_generations AS cancellations, duration_count, duration_sum,
        total_images_generated AS images, last_used_at, duration_hist AS hist"""
-# Whole days from the daily rollup, the window's partial first day from the hourly one.
+# Whole days from the daily rollup, the window's partial first and last days from the hourly one.
 MODEL_ROWS = f"""
 SELECT {_COLUMNS} FROM generation_model_metrics_daily WHERE day >= %(first_day)s AND day <= %(last_day)s
 UNION ALL
-SELECT {_COLUMNS} FROM generation_model_metrics_hourly WHERE hour >= %(edge_start)s AND hour < %(edge_end)s
+SELECT {_COLUMNS} FROM generation_model_metrics_hourly WHERE {SPLIT_HOURS}
 """
 
 

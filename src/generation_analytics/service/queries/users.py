@@ -1,4 +1,4 @@
-"""Per-user analytics and the top users, both from generation_user_metrics_hourly."""
+"""Per-user analytics (generation_user_metrics_hourly) and the top users (plus the monthly rows)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from psycopg.rows import dict_row
 
 from generation_analytics.service.queries.events import EventRecord, recent_activity
 from generation_analytics.service.queries.totals import Totals, add_row, build
-from generation_analytics.service.queries.window import Window
+from generation_analytics.service.queries.window import Window, day_start
 
 USER_ROWS = """
-SELECT hour, total_requests AS requests, successful_generations AS successes, failed_generations AS failures,
-       cancelled_generations AS cancellations, duration_count, duration_sum, total_images_generated AS images,
-       first_event_at, last_event_at, error_counts, model_counts, duration_hist AS hist
-FROM generation_user_metrics_hourly
-WHERE user_id = %(user_id)s AND hour >= %(start)s AND hour < %(end)s
+SELECT h.hour, h.total_requests AS requests, h.successful_generations AS successes,
+       h.failed_generations AS failures, h.cancelled_generations AS cancellations, h.duration_count,
+       h.duration_sum, h.total_images_generated AS images, h.first_event_at, h.last_event_at, h.error_counts,
+       h.model_counts, h.duration_hist AS hist
+FROM generation_users AS u JOIN generation_user_metrics_hourly AS h USING (uid)
+WHERE u.user_id = %(user_id)s AND h.hour >= %(start)s AND h.hour < %(end)s
 """
 
 
@@ -87,31 +88,50 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
     )
 
 
-# Each user's totals over the window are the running totals (cum_*) of their last hourly row before the
-# window's end minus those of their last row before its start: two index-only probes per user,
-# whatever the window's length. A user whose last row before the end lies before the start had no
-# event in the window.
+# A user's totals over the window: the totals of the months it touches (monthly rows), minus the part of
+# its first month before the window (the running totals of the user's last hourly row there), minus any
+# hours after its end (events stamped by clocks ahead of ours). A few monthly rows and one index probe
+# per user active since the start of the window's first month, whatever the window's length.
 TOP_USERS = """
-SELECT u.user_id::text AS user_id,
-       e.cum_requests - coalesce(s.cum_requests, 0) AS total_requests,
-       e.cum_successes - coalesce(s.cum_successes, 0) AS successful_generations,
-       e.cum_failures - coalesce(s.cum_failures, 0) AS failed_generations,
-       e.cum_duration_count - coalesce(s.cum_duration_count, 0) AS duration_count,
-       e.cum_duration_sum - coalesce(s.cum_duration_sum, 0) AS duration_sum,
-       e.last_event_at
-FROM generation_users AS u
-CROSS JOIN LATERAL (
-    SELECT hour, cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum, last_event_at
-    FROM generation_user_metrics_hourly AS h
-    WHERE h.user_id = u.user_id AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
-) AS e
-LEFT JOIN LATERAL (
-    SELECT cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum
-    FROM generation_user_metrics_hourly AS h
-    WHERE h.user_id = u.user_id AND h.hour < %(start)s ORDER BY h.hour DESC LIMIT 1
-) AS s ON true
-WHERE e.hour >= %(start)s
-ORDER BY total_requests DESC, u.user_id
+WITH months AS (
+    SELECT uid, user_id, sum(events) AS events, sum(total_requests) AS requests,
+           sum(successful_generations) AS successes, sum(failed_generations) AS failures,
+           sum(duration_count) AS duration_count, sum(duration_sum) AS duration_sum,
+           max(last_hour) AS last_hour, max(last_event_at) AS last_event_at,
+           bool_or(month = %(first_month)s) AS in_first_month
+    FROM generation_user_metrics_monthly WHERE month >= %(first_month)s
+    GROUP BY uid, user_id
+), windowed AS (
+    SELECT m.user_id,
+           m.events - coalesce(b.cum_events, 0) - coalesce(f.events, 0) AS events,
+           m.requests - coalesce(b.cum_requests, 0) - coalesce(f.requests, 0) AS requests,
+           m.successes - coalesce(b.cum_successes, 0) - coalesce(f.successes, 0) AS successes,
+           m.failures - coalesce(b.cum_failures, 0) - coalesce(f.failures, 0) AS failures,
+           m.duration_count - coalesce(b.cum_duration_count, 0) - coalesce(f.duration_count, 0) AS duration_count,
+           m.duration_sum - coalesce(b.cum_duration_sum, 0) - coalesce(f.duration_sum, 0) AS duration_sum,
+           CASE WHEN m.last_hour < %(end)s THEN m.last_event_at ELSE (
+               SELECT h.last_event_at FROM generation_user_metrics_hourly AS h
+               WHERE h.uid = m.uid AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
+           ) END AS last_event_at
+    FROM months AS m
+    LEFT JOIN LATERAL (
+        SELECT cum_events, cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum
+        FROM generation_user_metrics_hourly AS h
+        WHERE m.in_first_month AND h.uid = m.uid AND h.hour >= %(first_month_start)s AND h.hour < %(start)s
+        ORDER BY h.hour DESC LIMIT 1
+    ) AS b ON true
+    LEFT JOIN LATERAL (
+        SELECT sum(events) AS events, sum(total_requests) AS requests, sum(successful_generations) AS successes,
+               sum(failed_generations) AS failures, sum(duration_count) AS duration_count,
+               sum(duration_sum) AS duration_sum
+        FROM generation_user_metrics_hourly AS h
+        WHERE m.last_hour >= %(end)s AND h.uid = m.uid AND h.hour >= %(end)s
+    ) AS f ON true
+)
+SELECT user_id::text AS user_id, requests::bigint AS total_requests, successes::bigint AS successful_generations,
+       failures::bigint AS failed_generations, duration_count::bigint, duration_sum::bigint, last_event_at
+FROM windowed WHERE events > 0
+ORDER BY requests DESC, user_id
 LIMIT %(limit)s
 """
 
@@ -134,7 +154,17 @@ class TopUsers:
 
 async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -> TopUsers:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(TOP_USERS, {"start": window.start, "end": window.end, "limit": limit})
+        first_month = window.start.date().replace(day=1)
+        await cur.execute(
+            TOP_USERS,
+            {
+                "start": window.start,
+                "end": window.end,
+                "first_month": first_month,
+                "first_month_start": day_start(first_month),
+                "limit": limit,
+            },
+        )
         rows = await cur.fetchall()
     users = [
         TopUser(

@@ -36,35 +36,48 @@ class Window:
 
 @dataclass(frozen=True)
 class DailySplit:
-    """A window as daily rows for [first_day, last_day] plus hourly rows for [edge_start, edge_end).
+    """A window as daily rows for the UTC days it covers whole, [first_day, last_day] (none when
+    last_day < first_day), plus hourly rows for its partial days: [head_start, head_end) at the start
+    and [tail_start, tail_end) at the end.
 
-    The window's first day is partial (it starts at the current hour of day), so its hours come from
-    the hourly rollup; every later day, today included, from the daily rollup (nothing of today lies
-    after the window's end).
+    The window ends with the current hour, so today is partial and read hourly: rows of events stamped
+    in a later hour (clocks a few minutes ahead) stay out of every answer alike.
     """
 
     first_day: date
     last_day: date
-    edge_start: datetime
-    edge_end: datetime
+    head_start: datetime
+    head_end: datetime
+    tail_start: datetime
+    tail_end: datetime
 
     @property
     def params(self) -> dict[str, object]:
         return {
             "first_day": self.first_day,
             "last_day": self.last_day,
-            "edge_start": self.edge_start,
-            "edge_end": self.edge_end,
+            "head_start": self.head_start,
+            "head_end": self.head_end,
+            "tail_start": self.tail_start,
+            "tail_end": self.tail_end,
         }
 
 
 def daily_split(window: Window) -> DailySplit:
-    first = window.start.date()
-    midnight = day_start(first)
-    last = (window.end - HOUR).date()
-    if window.start == midnight:
-        return DailySplit(first, last, midnight, midnight)
-    return DailySplit(first + timedelta(days=1), last, window.start, midnight + DAY)
+    start_midnight = day_start(window.start.date())
+    first_whole = window.start if window.start == start_midnight else start_midnight + DAY
+    last_whole_end = day_start(window.end.date())
+    if first_whole >= last_whole_end:  # no whole day: every row hourly
+        return DailySplit(
+            first_whole.date(), first_whole.date() - DAY, window.start, window.end, window.end, window.end
+        )
+    return DailySplit(
+        first_whole.date(), last_whole_end.date() - DAY, window.start, first_whole, last_whole_end, window.end
+    )
+
+
+# The hourly part of a DailySplit, for a table whose hour column is `hour`.
+SPLIT_HOURS = "(hour >= %(head_start)s AND hour < %(head_end)s) OR (hour >= %(tail_start)s AND hour < %(tail_end)s)"
 
 
 def hour_floor(moment: datetime) -> datetime:

@@ -1,0 +1,342 @@
+"""The rollups of a set of hours that do not depend on users: one row per hour, per checkpoint and per
+error type, and the daily rows per checkpoint and error type.
+
+Every function here runs inside the aggregation transaction of `aggregate.py`, on the temp table
+`agg_events` (the hours' events, see `create_agg_events`). Hourly rows are replaced as a unit per hour
+(the hour's advisory lock is held); daily rows are replaced for exactly the (day, key) pairs whose
+hourly rows changed, summed from the hourly rows, under the rollup lock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import psycopg
+from pyroaring import BitMap
+
+from generation_analytics.service import sketches
+from generation_analytics.service.sketches import LOG_GAMMA
+
+Cursor = psycopg.Cursor[Any]
+
+# The hours' events with what every rollup needs: the duration bucket (see sketches.py) of completions
+# with a duration, the images a successful completion produced, and the user's dense id (set by transfer;
+# rows stored another way are looked up, see ensure_users).
+AGG_EVENTS = """
+SELECT date_trunc('hour', e.timestamp) AS hour, e.event_type, e.user_id,
+       coalesce(e.uid, (SELECT u.uid FROM generation_users AS u WHERE u.user_id = e.user_id)) AS uid,
+       e.timestamp, e.duration_ms, e.success, e.event_type = 'completion' AND e.success = false AS failed,
+       coalesce(e.error_type, '') AS error_type, e.error_message, e.model_checkpoint, e.queue_length,
+       CASE WHEN e.event_type = 'completion' AND e.success THEN coalesce(e.batch_size, 1) ELSE 0 END AS images,
+       CASE WHEN e.event_type = 'completion' AND e.duration_ms IS NOT NULL THEN
+           CASE WHEN e.duration_ms <= 0 THEN 0
+                ELSE ceil(ln(e.duration_ms::float8) / %(log_gamma)s)::int + 1 END
+       END AS bucket
+FROM generation_events AS e
+WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND date_trunc('hour', e.timestamp) = ANY(%(hours)s)
+"""
+CREATE_AGG_EVENTS = f"CREATE TEMP TABLE agg_events ON COMMIT DROP AS {AGG_EVENTS}"
+# One shard of the users (uid modulo the number of shards), for the per-user rollups.
+CREATE_SHARD_EVENTS = f"""
+CREATE TEMP TABLE agg_events ON COMMIT DROP AS
+SELECT * FROM ({AGG_EVENTS}) AS e WHERE e.uid %% %(shards)s = %(shard)s
+"""
+
+# Users of rows stored without a uid (before migration 0005, or by hand) get one; committed on its own,
+# in user_id order, like transfer does, so no aggregation transaction ever waits on it.
+ENSURE_USERS = """
+INSERT INTO generation_users (user_id)
+SELECT DISTINCT e.user_id FROM generation_events AS e
+WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND date_trunc('hour', e.timestamp) = ANY(%(hours)s)
+  AND e.uid IS NULL
+  AND (SELECT u.uid FROM generation_users AS u WHERE u.user_id = e.user_id) IS NULL
+ORDER BY 1
+ON CONFLICT (user_id) DO NOTHING
+"""
+
+
+def ensure_users(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+    conn.execute(ENSURE_USERS, params)
+    conn.commit()
+
+
+def create_agg_events(cur: Cursor, params: dict[str, Any]) -> None:
+    """The temp table agg_events: the hours' events (of one shard of the users if params has "shard")."""
+    cur.execute(CREATE_SHARD_EVENTS if "shard" in params else CREATE_AGG_EVENTS, params | {"log_gamma": LOG_GAMMA})
+
+
+# A histogram (sketches.py) from (bucket, n) rows: big-endian (int2 bucket, int4 count) pairs.
+HIST = "string_agg(int2send(bucket::int2) || int4send(n::int4), ''::bytea ORDER BY bucket)"
+# The additive figures every rollup row of agg_events has (DESIGN.md §3), as one SQL fragment.
+COUNTS = """count(*) FILTER (WHERE event_type = 'request') AS requests,
+           count(*) FILTER (WHERE event_type = 'completion' AND success) AS successes,
+           count(*) FILTER (WHERE failed) AS failures,
+           count(*) FILTER (WHERE event_type = 'cancellation') AS cancellations,
+           count(*) FILTER (WHERE bucket IS NOT NULL) AS duration_count,
+           coalesce(sum(duration_ms) FILTER (WHERE bucket IS NOT NULL), 0) AS duration_sum"""
+DAY_OF_HOUR = "(hour AT TIME ZONE 'UTC')::date"
+
+SELECT_HOUR_UIDS = "SELECT hour, array_agg(uid) FROM agg_events GROUP BY hour"
+
+UPSERT_HOURLY = f"""
+INSERT INTO generation_metrics_hourly AS m (
+    timestamp, total_requests, successful_generations, failed_generations, cancelled_generations,
+    avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms, unique_users, avg_queue_length,
+    max_queue_length, total_images_generated, duration_count, duration_sum, queue_length_count,
+    queue_length_sum, first_event_at, last_event_at, duration_hist, user_bitmap, aggregated_at)
+SELECT s.hour, s.requests, s.successes, s.failures, s.cancellations,
+       s.avg_duration, s.pcts[1], s.pcts[2], s.pcts[3], u.users, s.avg_queue,
+       s.max_queue, s.images, s.duration_count, s.duration_sum, s.queue_count,
+       s.queue_sum, s.first_at, s.last_at, coalesce(h.hist, ''::bytea), u.bitmap, now()
+FROM (
+    SELECT hour,
+           {COUNTS},
+           avg(duration_ms) FILTER (WHERE bucket IS NOT NULL)::float8 AS avg_duration,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)
+               FILTER (WHERE bucket IS NOT NULL) AS pcts,
+           avg(queue_length) FILTER (WHERE event_type = 'request')::float8 AS avg_queue,
+           max(queue_length) FILTER (WHERE event_type = 'request') AS max_queue,
+           sum(images) AS images,
+           count(queue_length) FILTER (WHERE event_type = 'request') AS queue_count,
+           coalesce(sum(queue_length) FILTER (WHERE event_type = 'request'), 0) AS queue_sum,
+           min(timestamp) AS first_at, max(timestamp) AS last_at
+    FROM agg_events GROUP BY hour
+) AS s
+JOIN unnest(%(set_hours)s::timestamptz[], %(sets)s::bytea[], %(set_sizes)s::int[]) AS u(hour, bitmap, users)
+    USING (hour)
+LEFT JOIN (
+    SELECT hour, {HIST} AS hist
+    FROM (SELECT hour, bucket, count(*) AS n FROM agg_events WHERE bucket IS NOT NULL GROUP BY 1, 2) AS b
+    GROUP BY hour
+) AS h USING (hour)
+ON CONFLICT (timestamp) DO UPDATE SET
+    total_requests = EXCLUDED.total_requests, successful_generations = EXCLUDED.successful_generations,
+    failed_generations = EXCLUDED.failed_generations, cancelled_generations = EXCLUDED.cancelled_generations,
+    avg_duration_ms = EXCLUDED.avg_duration_ms, p50_duration_ms = EXCLUDED.p50_duration_ms,
+    p95_duration_ms = EXCLUDED.p95_duration_ms, p99_duration_ms = EXCLUDED.p99_duration_ms,
+    unique_users = EXCLUDED.unique_users, avg_queue_length = EXCLUDED.avg_queue_length,
+    max_queue_length = EXCLUDED.max_queue_length, total_images_generated = EXCLUDED.total_images_generated,
+    duration_count = EXCLUDED.duration_count, duration_sum = EXCLUDED.duration_sum,
+    queue_length_count = EXCLUDED.queue_length_count, queue_length_sum = EXCLUDED.queue_length_sum,
+    first_event_at = EXCLUDED.first_event_at, last_event_at = EXCLUDED.last_event_at,
+    duration_hist = EXCLUDED.duration_hist, user_bitmap = EXCLUDED.user_bitmap, aggregated_at = EXCLUDED.aggregated_at
+"""
+DELETE_EMPTY_HOURLY = """
+DELETE FROM generation_metrics_hourly AS m
+WHERE m.timestamp = ANY(%(hours)s) AND NOT EXISTS (SELECT 1 FROM agg_events AS a WHERE a.hour = m.timestamp)
+"""
+
+
+def write_hourly(cur: Cursor, params: dict[str, Any]) -> None:
+    """generation_metrics_hourly for the hours (the seed's table): exact percentiles, the hour's user set."""
+    cur.execute(SELECT_HOUR_UIDS)
+    hours, sets, sizes = [], [], []
+    for hour, uids in cur.fetchall():
+        users = BitMap(uid for uid in uids if uid is not None)
+        hours.append(hour)
+        sets.append(sketches.serialize(users))
+        sizes.append(len(users))
+    cur.execute(UPSERT_HOURLY, params | {"set_hours": hours, "sets": sets, "set_sizes": sizes})
+    cur.execute(DELETE_EMPTY_HOURLY, params)
+
+
+# The (day, key) pairs whose hourly rows change: the keys of the rows replaced and of the new rows.
+CREATE_TOUCHED = """
+CREATE TEMP TABLE touched_days (kind text, day date, key text) ON COMMIT DROP
+"""
+DELETE_MODEL_ROWS = f"""
+WITH old AS (
+    DELETE FROM generation_model_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
+    RETURNING hour, model_checkpoint
+)
+INSERT INTO touched_days SELECT DISTINCT 'model', {DAY_OF_HOUR}, model_checkpoint FROM old
+"""
+INSERT_MODEL_ROWS = f"""
+WITH new AS (
+    INSERT INTO generation_model_metrics_hourly (
+        hour, model_checkpoint, total_requests, successful_generations, failed_generations, cancelled_generations,
+        duration_count, duration_sum, total_images_generated, last_used_at, duration_hist)
+    SELECT s.hour, s.model_checkpoint, s.requests, s.successes, s.failures, s.cancellations,
+           s.duration_count, s.duration_sum, s.images, s.last_at, coalesce(h.hist, ''::bytea)
+    FROM (
+        SELECT hour, model_checkpoint,
+               {COUNTS},
+               sum(images) AS images, max(timestamp) AS last_at
+        FROM agg_events WHERE model_checkpoint IS NOT NULL GROUP BY 1, 2
+    ) AS s
+    LEFT JOIN (
+        SELECT hour, model_checkpoint,
+               {HIST} AS hist
+        FROM (SELECT hour, model_checkpoint, bucket, count(*) AS n FROM agg_events
+              WHERE bucket IS NOT NULL AND model_checkpoint IS NOT NULL GROUP BY 1, 2, 3) AS b
+        GROUP BY 1, 2
+    ) AS h USING (hour, model_checkpoint)
+    RETURNING hour, model_checkpoint
+)
+INSERT INTO touched_days SELECT DISTINCT 'model', {DAY_OF_HOUR}, model_checkpoint FROM new
+"""
+
+DELETE_ERROR_ROWS = f"""
+WITH old AS (
+    DELETE FROM generation_error_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
+    RETURNING hour, error_type
+)
+INSERT INTO touched_days SELECT DISTINCT 'error', {DAY_OF_HOUR}, error_type FROM old
+"""
+SELECT_ERROR_UIDS = "SELECT hour, error_type, array_agg(uid) FROM agg_events WHERE failed GROUP BY 1, 2"
+INSERT_ERROR_ROWS = f"""
+WITH new AS (
+    INSERT INTO generation_error_metrics_hourly (
+        hour, error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages,
+        model_counts, user_bitmap)
+    SELECT s.hour, s.error_type, s.failures, s.duration_count, s.duration_sum, s.first_seen, s.last_seen,
+           s.samples, coalesce(m.model_counts, '{{}}'::jsonb), coalesce(u.bitmap, ''::bytea)
+    FROM (
+        SELECT hour, error_type, count(*) AS failures,
+               count(duration_ms) AS duration_count, coalesce(sum(duration_ms), 0) AS duration_sum,
+               min(timestamp) AS first_seen, max(timestamp) AS last_seen,
+               coalesce((array_agg(DISTINCT error_message) FILTER (WHERE error_message IS NOT NULL))[1:5], '{{}}')
+                   AS samples
+        FROM agg_events WHERE failed GROUP BY 1, 2
+    ) AS s
+    LEFT JOIN (
+        SELECT hour, error_type, jsonb_object_agg(model_checkpoint, n) AS model_counts
+        FROM (SELECT hour, error_type, model_checkpoint, count(*) AS n FROM agg_events
+              WHERE failed AND model_checkpoint IS NOT NULL GROUP BY 1, 2, 3) AS c
+        GROUP BY 1, 2
+    ) AS m USING (hour, error_type)
+    LEFT JOIN unnest(%(set_hours)s::timestamptz[], %(set_keys)s::text[], %(sets)s::bytea[])
+        AS u(hour, error_type, bitmap) USING (hour, error_type)
+    RETURNING hour, error_type
+)
+INSERT INTO touched_days SELECT DISTINCT 'error', {DAY_OF_HOUR}, error_type FROM new
+"""
+
+
+def write_dimensions(cur: Cursor, params: dict[str, Any]) -> None:
+    """Hourly rows per checkpoint and per error type; records the (day, key) pairs they touched."""
+    cur.execute(CREATE_TOUCHED)
+    cur.execute(DELETE_MODEL_ROWS, params)
+    cur.execute(INSERT_MODEL_ROWS, params)
+    cur.execute(SELECT_ERROR_UIDS)
+    hours, keys, sets = [], [], []
+    for hour, error_type, uids in cur.fetchall():
+        hours.append(hour)
+        keys.append(error_type)
+        sets.append(sketches.bitmap_of(uid for uid in uids if uid is not None))
+    cur.execute(DELETE_ERROR_ROWS, params)
+    cur.execute(INSERT_ERROR_ROWS, params | {"set_hours": hours, "set_keys": keys, "sets": sets})
+
+
+# The hourly rows behind the touched (day, key) pairs: 24 primary-key probes per pair, so the cost
+# follows the pairs touched, not the number of checkpoints or error types in the day.
+TOUCHED_HOURS = """
+SELECT t.day, t.key, h.hour
+FROM (SELECT DISTINCT day, key FROM touched_days WHERE kind = %(kind)s) AS t
+CROSS JOIN LATERAL generate_series(
+    t.day::timestamp AT TIME ZONE 'UTC', t.day::timestamp AT TIME ZONE 'UTC' + interval '23 hours', interval '1 hour'
+) AS h(hour)
+"""
+SELECT_MODEL_DAY_HISTS = f"""
+SELECT k.day, k.key, m.duration_hist
+FROM ({TOUCHED_HOURS}) AS k
+JOIN generation_model_metrics_hourly AS m ON m.hour = k.hour AND m.model_checkpoint = k.key
+"""
+DELETE_MODEL_DAYS = """
+DELETE FROM generation_model_metrics_daily AS d
+USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = 'model') AS t
+WHERE d.day = t.day AND d.model_checkpoint = t.key
+"""
+INSERT_MODEL_DAYS = f"""
+INSERT INTO generation_model_metrics_daily (
+    day, model_checkpoint, total_requests, successful_generations, failed_generations, cancelled_generations,
+    duration_count, duration_sum, total_images_generated, last_used_at, duration_hist)
+SELECT s.*, coalesce(x.hist, ''::bytea)
+FROM (
+    SELECT k.day, k.key, sum(m.total_requests), sum(m.successful_generations), sum(m.failed_generations),
+           sum(m.cancelled_generations), sum(m.duration_count), sum(m.duration_sum), sum(m.total_images_generated),
+           max(m.last_used_at)
+    FROM ({TOUCHED_HOURS}) AS k
+    JOIN generation_model_metrics_hourly AS m ON m.hour = k.hour AND m.model_checkpoint = k.key
+    GROUP BY k.day, k.key
+) AS s
+LEFT JOIN unnest(%(hist_days)s::date[], %(hist_keys)s::text[], %(hists)s::bytea[]) AS x(day, key, hist)
+    USING (day, key)
+"""
+
+SELECT_ERROR_DAY_SETS = f"""
+SELECT k.day, k.key, e.user_bitmap
+FROM ({TOUCHED_HOURS}) AS k
+JOIN generation_error_metrics_hourly AS e ON e.hour = k.hour AND e.error_type = k.key
+"""
+DELETE_ERROR_DAYS = """
+DELETE FROM generation_error_metrics_daily AS d
+USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = 'error') AS t
+WHERE d.day = t.day AND d.error_type = t.key
+"""
+INSERT_ERROR_DAYS = f"""
+WITH hours AS (
+    SELECT k.day, e.* FROM ({TOUCHED_HOURS}) AS k
+    JOIN generation_error_metrics_hourly AS e ON e.hour = k.hour AND e.error_type = k.key
+)
+INSERT INTO generation_error_metrics_daily (
+    day, error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages, model_counts,
+    user_bitmap)
+SELECT s.day, s.error_type, s.failures, s.duration_count, s.duration_sum, s.first_seen, s.last_seen,
+       coalesce(m.samples, '{{}}'), coalesce(c.model_counts, '{{}}'::jsonb), coalesce(x.bitmap, ''::bytea)
+FROM (
+    SELECT day, error_type, sum(failures) AS failures, sum(duration_count) AS duration_count,
+           sum(duration_sum) AS duration_sum, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM hours GROUP BY 1, 2
+) AS s
+LEFT JOIN (
+    SELECT day, error_type, (array_agg(DISTINCT message))[1:5] AS samples
+    FROM hours, unnest(sample_messages) AS message GROUP BY 1, 2
+) AS m USING (day, error_type)
+LEFT JOIN (
+    SELECT day, error_type, jsonb_object_agg(model, n) AS model_counts
+    FROM (SELECT day, error_type, kv.key AS model, sum(kv.value::bigint) AS n
+          FROM hours, jsonb_each_text(model_counts) AS kv GROUP BY 1, 2, 3) AS per_model
+    GROUP BY 1, 2
+) AS c USING (day, error_type)
+LEFT JOIN unnest(%(set_days)s::date[], %(set_keys)s::text[], %(sets)s::bytea[]) AS x(day, error_type, bitmap)
+    USING (day, error_type)
+"""
+
+
+def write_days(cur: Cursor) -> None:
+    """Replace the daily rows of every touched (day, checkpoint) and (day, error type), from the hourly rows."""
+    cur.execute(SELECT_MODEL_DAY_HISTS, {"kind": "model"})
+    hists = sketches.compact_groups(((day, key), hist) for day, key, hist in cur.fetchall())
+    cur.execute(DELETE_MODEL_DAYS)
+    cur.execute(
+        INSERT_MODEL_DAYS,
+        {
+            "kind": "model",
+            "hist_days": [day for day, _ in hists],
+            "hist_keys": [key for _, key in hists],
+            "hists": list(hists.values()),
+        },
+    )
+    cur.execute(SELECT_ERROR_DAY_SETS, {"kind": "error"})
+    sets = _unions(cur.fetchall())
+    cur.execute(DELETE_ERROR_DAYS)
+    cur.execute(
+        INSERT_ERROR_DAYS,
+        {
+            "kind": "error",
+            "set_days": [day for day, _ in sets],
+            "set_keys": [key for _, key in sets],
+            "sets": list(sets.values()),
+        },
+    )
+
+
+def _unions(rows: Sequence[tuple[date, str, bytes]]) -> dict[tuple[date, str], bytes]:
+    groups: dict[tuple[date, str], list[bytes]] = defaultdict(list)
+    for day, key, blob in rows:
+        groups[(day, key)].append(blob)
+    return {k: sketches.union(blobs) for k, blobs in groups.items()}
