@@ -55,22 +55,22 @@ WHERE random() < (1 + 0.6 * sin(2 * pi() * (extract(hour FROM ts) + extract(minu
 """
 
 INSERT_REQUESTS = """
-INSERT INTO generation_events (event_id, event_type, generation_id, user_id, timestamp, model_checkpoint,
+INSERT INTO generation_events (event_id, event_type, generation_id, user_id, uid, timestamp, model_checkpoint,
                                generation_type, queue_length, prompt_tokens, created_at)
-SELECT gen_random_uuid(), 'request', 'gen-' || g, user_id, ts, model_checkpoint, 'txt2img',
+SELECT gen_random_uuid(), 'request', 'gen-' || g, user_id, uid, ts, model_checkpoint, 'txt2img',
        floor(r3 * 30 * (1 + 0.6 * sin(2 * pi() * (extract(hour FROM ts) - 9) / 24)))::int,
        10 + floor(r2 * 60)::int, ts
-FROM bench_generations
+FROM bench_generations JOIN generation_users USING (user_id)
 """
 
 # Durations: log-normal around a checkpoint-specific median (1.2 s .. 6.8 s), longer tail on failures.
 INSERT_OUTCOMES = """
-INSERT INTO generation_events (event_id, event_type, generation_id, user_id, timestamp, duration_ms, success,
+INSERT INTO generation_events (event_id, event_type, generation_id, user_id, uid, timestamp, duration_ms, success,
                                error_type, error_message, model_checkpoint, generation_type, queue_wait_time_ms,
                                generation_time_ms, batch_size, image_width, image_height, created_at)
 SELECT gen_random_uuid(),
        CASE WHEN outcome < 0.03 THEN 'cancellation' ELSE 'completion' END,
-       'gen-' || g, user_id, ts + make_interval(secs => d / 1000.0),
+       'gen-' || g, user_id, uid, ts + make_interval(secs => d / 1000.0),
        CASE WHEN outcome >= 0.03 THEN d END,
        CASE WHEN outcome >= 0.03 THEN outcome >= 0.08 END,
        CASE WHEN outcome >= 0.03 AND outcome < 0.08 THEN
@@ -86,10 +86,12 @@ SELECT gen_random_uuid(),
 FROM (
     SELECT *, greatest(50, floor(exp(ln(1200 + 800 * m) + 0.45 * sqrt(-2 * ln(1 - r1)) * cos(2 * pi() * r2))
                              * CASE WHEN outcome < 0.08 THEN 1.8 ELSE 1 END))::bigint AS d
-    FROM bench_generations
+    FROM bench_generations JOIN generation_users USING (user_id)
 ) AS o
 WHERE ts + make_interval(secs => d / 1000.0) < now()
 """
+# Users get their dense ids as transfer would give them.
+INSERT_USERS = "INSERT INTO generation_users (user_id) SELECT DISTINCT user_id FROM bench_generations ORDER BY 1"
 MARK_ALL_DIRTY = """
 INSERT INTO generation_dirty_hours (hour, version)
 SELECT hour, nextval('generation_dirty_hours_version_seq')
@@ -122,6 +124,7 @@ def build(dbname: str, events: int, users: int, days: int) -> tuple[str, dict[st
         params = {"users": users, "start": now.replace(microsecond=0) - timedelta(days=days, hours=1),
                   "span": f"{days * 24 + 1} hours", "candidates": candidates}  # fmt: skip
         conn.execute(GENERATE, params)
+        conn.execute(INSERT_USERS)
         conn.execute(INSERT_REQUESTS)
         conn.execute(INSERT_OUTCOMES)
         conn.execute("DROP TABLE bench_generations")

@@ -37,9 +37,9 @@ SEED = Path(__file__).parents[1] / "docs" / "seed" / "generation_analytics_examp
 
 
 def sample_users(dsn: str) -> list[str]:
-    """Heavy, medium and light users (by their running totals), plus an unknown one."""
+    """Heavy, medium and light users (by their requests), plus an unknown one."""
     with psycopg.connect(dsn) as conn:
-        query = "SELECT user_id::text FROM generation_user_metrics_hourly GROUP BY 1 ORDER BY max(cum_requests) DESC"
+        query = "SELECT user_id::text FROM generation_user_metrics_monthly GROUP BY 1 ORDER BY sum(total_requests) DESC"
         ranked = [r[0] for r in conn.execute(query).fetchall()]
     picks = [ranked[0], ranked[1], ranked[len(ranked) // 10], ranked[len(ranked) // 2], ranked[-1]]
     return [*picks, str(uuid.uuid4())]

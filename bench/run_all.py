@@ -12,7 +12,15 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from bench import aggregation_hour, dataset, freshness, ingest, query_latency, transfer_throughput
+from bench import (
+    aggregation_cardinality,
+    aggregation_hour,
+    dataset,
+    freshness,
+    ingest,
+    query_latency,
+    transfer_throughput,
+)
 from bench.common import Figure
 
 
@@ -35,6 +43,12 @@ def main() -> None:
     figures += [("freshness", f) for f in freshness.measure(seconds=30 if args.quick else 60)]
     figures += [("transfer", f) for f in transfer_throughput.measure(events=200_000 if args.quick else 1_000_000)]
     figures += [("aggregation", f) for f in aggregation_hour.measure(events=20_000 if args.quick else 100_000)]
+    figures += [
+        ("cardinality", f)
+        for f in aggregation_cardinality.measure(
+            known=100_000 if args.quick else 1_000_000, events=20_000 if args.quick else 100_000, runs=3
+        )
+    ]
 
     print(f"\nGeneration Analytics benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}, "
