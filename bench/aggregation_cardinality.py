@@ -1,4 +1,4 @@
-"""Aggregation at high cardinality (DESIGN.md §7): cost follows the events, not the users ever seen.
+"""Aggregation at high cardinality (docs/design.md §7): cost follows the events, not the users ever seen.
 
 1. One hour of N events (default 100,000) from N distinct users, with M users (default 1,000,000)
    already known (each with one event in the 20 days before, aggregated). The hour goes through the
@@ -34,8 +34,8 @@ from bench.common import (
     scratch_namespace,
     synthetic_event,
 )
-from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
-from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.pipeline.worker import Pipeline
+from generation_analytics.service.stream import EVENT_FIELD, StreamKeys
 
 TARGET_HOUR_S = 1.5
 TARGET_SETTLE_S = 10.0
@@ -85,7 +85,7 @@ def measure_hour(*, known: int, events: int, runs: int, new_users: bool) -> tupl
     last = now_hour() - timedelta(hours=2)
     hours = [last - timedelta(hours=runs - 1 - i) for i in range(runs)]
     with scratch_database() as dsn, scratch_namespace() as namespace:
-        pipeline = Pipeline(bench_settings(dsn, namespace, aggregation_time_budget_s=3600, transfer_time_budget_s=3600))
+        pipeline = Pipeline.of(bench_settings(dsn, namespace, budget_s=3600))
         try:
             started = time.monotonic()
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -153,7 +153,7 @@ def measure_settle(*, events: int = 540_000, hours: int = 7, heavy_users: int = 
         payloads.append(synthetic_event(rng, when, [user]).SerializeToString())
     with scratch_database() as dsn, scratch_namespace() as namespace:
         push(namespace, payloads)
-        pipeline = Pipeline(bench_settings(dsn, namespace, aggregation_time_budget_s=3600, transfer_time_budget_s=3600))
+        pipeline = Pipeline.of(bench_settings(dsn, namespace, budget_s=3600))
         try:
             transfer = pipeline.transfer.run()
             started = time.monotonic()

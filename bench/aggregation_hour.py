@@ -25,8 +25,8 @@ from bench.common import (
     scratch_namespace,
     synthetic_event,
 )
-from generation_analytics.service.codec import ROW_COLUMNS, event_to_row
-from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.pipeline.worker import Pipeline
+from generation_analytics.service.stream import ROW_COLUMNS, event_to_row
 
 
 def load_hours(dsn: str, hours: list[datetime], events: int, users: int) -> None:
@@ -48,7 +48,7 @@ def measure(*, events: int = 100_000, users: int = 5_000, runs: int = 5) -> list
     hours = [now_hour() - timedelta(hours=3 + i) for i in range(runs)]
     with scratch_database() as dsn, scratch_namespace() as namespace:
         load_hours(dsn, hours, events, users)
-        pipeline = Pipeline(bench_settings(dsn, namespace))
+        pipeline = Pipeline.of(bench_settings(dsn, namespace))
         try:
             durations, again = [], []
             for hour in hours:

@@ -6,28 +6,33 @@ import contextlib
 import os
 import random
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import Any
 
-import grpc
 import psycopg
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
+from generation_analytics.service.embedded import free_port
 from generation_analytics.service.migrate import migrate
-from generation_analytics.service.settings import PipelineSettings, PostgresSettings, RedisSettings, Settings
+from generation_analytics.service.settings import (
+    AggregationSettings,
+    PostgresSettings,
+    RedisSettings,
+    ScheduleSettings,
+    Settings,
+    TransferSettings,
+)
+from generation_analytics.service.stream import EVENT_FIELD, StreamKeys
 from generation_analytics.v1 import events_pb2
+from tests.fix_processes import launch
 
 ADMIN_DSN = os.environ.get("GA_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("GA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -70,13 +75,22 @@ def scratch_namespace() -> Iterator[str]:
         client.close()
 
 
-def bench_settings(dsn: str, namespace: str, **pipeline: object) -> Settings:
-    return replace(
+def bench_settings(dsn: str, namespace: str, *, budget_s: float | None = None, **transfer: Any) -> Settings:
+    """Settings for a benchmark: the scheduler off; `budget_s` (if given) lets one run drain everything."""
+    settings = replace(
         Settings(),
         postgres=PostgresSettings(dsn=dsn),
         redis=RedisSettings(url=REDIS_URL, namespace=namespace),
-        pipeline=replace(PipelineSettings(scheduler_enabled=False), **pipeline),  # type: ignore[arg-type]
+        schedule=ScheduleSettings(enabled=False),
+        transfer=TransferSettings(**transfer),
     )
+    if budget_s is not None:
+        settings = replace(
+            settings,
+            transfer=replace(settings.transfer, time_budget_s=budget_s),
+            aggregation=AggregationSettings(time_budget_s=budget_s),
+        )
+    return settings
 
 
 MODELS = ["sdxl-1.0", "sdxl-turbo", "flux-dev", "flux-schnell", "sd-1.5", "sd-2.1", "kandinsky-3", "playground-v2"]
@@ -165,41 +179,20 @@ def print_result(title: str, rows: Sequence[tuple[str, str]]) -> None:
     print(f"  rerun: {rerun_command()}\n")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_service(dsn: str, *, namespace: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """`generation-analytics serve` as its own process on `dsn` and `namespace`; returns it and its address."""
-    port = free_port()
+    address = f"127.0.0.1:{free_port()}"
     environment = {
         **os.environ,
         "GA_POSTGRES_DSN": dsn,
         "GA_REDIS_URL": REDIS_URL,
         "GA_NAMESPACE": namespace,
-        "GA_LISTEN_ADDR": f"127.0.0.1:{port}",
+        "GA_LISTEN_ADDR": address,
         "GA_HTTP_ADDR": "off",
         "GA_LOG_LEVEL": "WARNING",
         **env,
     }
-    process = subprocess.Popen([str(Path(sys.executable).parent / "generation-analytics"), "serve"], env=environment)
-    address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                channel.close()
-                return process, address
-        except grpc.RpcError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the service did not become healthy")
+    return launch("serve", environment, address=address, timeout_s=60), address
 
 
 def percentile(values: Sequence[float], q: float) -> float:

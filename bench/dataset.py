@@ -1,4 +1,4 @@
-"""The benchmark data set of DESIGN.md §6, generated inside Postgres and aggregated by the real code.
+"""The benchmark data set of docs/design.md §6, generated inside Postgres and aggregated by the real code.
 
 ≈10M events over 30 days: 5,000 users with skewed activity (user k's share falls like a power law),
 8 checkpoints with different speeds, a daily cycle (peak around 15:00 UTC, trough around 03:00),
@@ -24,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from bench.common import ADMIN_DSN, bench_settings, print_result
 from generation_analytics.service.migrate import migrate
-from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.pipeline.worker import Pipeline
 
 INDEXES = (
     "generation_events_timestamp_idx",
@@ -136,7 +136,7 @@ def build(dbname: str, events: int, users: int, days: int) -> tuple[str, dict[st
         timings["build indexes"] = time.monotonic() - started
         conn.execute(MARK_ALL_DIRTY)
     started = time.monotonic()
-    pipeline = Pipeline(bench_settings(dsn, "ga_bench_unused", aggregation_time_budget_s=24 * 3600))
+    pipeline = Pipeline.of(bench_settings(dsn, "ga_bench_unused", budget_s=24 * 3600))
     try:
         report = pipeline.aggregator.run()
     finally:

@@ -4,7 +4,7 @@ The service runs as its own process at default settings (pipeline scheduled ever
 A writer records 1,000 events/s (batches of 50 every 50 ms) and notes when each batch was
 acknowledged and how many events had been acknowledged by then; a reader polls GetOverview(days=1)
 every 50 ms. A batch is visible once the overview counts at least that many events. The first
-10 s are warm-up. Target (DESIGN.md §6): p95 ≤ 10 s.
+10 s are warm-up. Target (docs/design.md §6): p95 ≤ 10 s.
 
     .venv/bin/python -m bench.freshness [--seconds 60]
 """

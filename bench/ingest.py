@@ -7,7 +7,7 @@
 * EventRecorder.record() cost to the caller, p50/p99 over 200,000 calls.
 
 The service runs as its own process with its pipeline off (GA_SCHEDULER_ENABLED=false): this
-measures the front end; transfer is measured by bench.transfer_throughput. Targets (DESIGN.md §6):
+measures the front end; transfer is measured by bench.transfer_throughput. Targets (docs/design.md §6):
 RecordEvents ≥ 50,000 events/s; RecordEvent p50 within 1.5x of the echo; record() p99 ≤ 20 µs.
 
     .venv/bin/python -m bench.ingest
@@ -32,7 +32,6 @@ import redis
 from bench.common import (
     REDIS_URL,
     Figure,
-    free_port,
     percentile,
     print_figures,
     scratch_database,
@@ -41,7 +40,8 @@ from bench.common import (
     synthetic_event,
 )
 from generation_analytics.client import EventRecorder
-from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
+from generation_analytics.service.embedded import free_port
+from generation_analytics.service.stream import EVENT_FIELD, StreamKeys
 from generation_analytics.v1 import events_pb2, events_pb2_grpc
 
 

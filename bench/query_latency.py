@@ -4,7 +4,7 @@ The service runs as its own process (`generation-analytics serve`) on the data s
 bench.dataset; this process is the client. Each RPC is called --calls times (default 60) with varied
 parameters — days 1/7/30, heavy/medium/light/unknown users, both intervals, both orders, filters and
 second pages — after a short warm-up. The seed document's SQL is then timed on the same data.
-Target (DESIGN.md §6): p95 ≤ 50 ms for every RPC.
+Target (docs/design.md §6): p95 ≤ 50 ms for every RPC.
 
     .venv/bin/python -m bench.dataset            # once: ~10M events (a few minutes)
     .venv/bin/python -m bench.query_latency

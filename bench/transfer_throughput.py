@@ -1,7 +1,7 @@
 """Transfer throughput: drain a backlog of N events from Redis into Postgres (default 1M), several runs.
 
 Each run gets a fresh database and stream; the figure is events inserted per second of transfer time
-(median over the runs). Target (DESIGN.md §6): ≥ 50,000 events/s on the 2-core machine.
+(median over the runs). Target (docs/design.md §6): ≥ 50,000 events/s on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bench.common import (
     scratch_database,
     scratch_namespace,
 )
-from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.pipeline.worker import Pipeline
 
 TARGET_EVENTS_PER_S = 50_000
 
@@ -30,7 +30,7 @@ def one_run(events: int, batch_size: int) -> tuple[float, float]:
         started = time.monotonic()
         push_backlog(namespace, events, start=now_hour() - timedelta(days=2), span=timedelta(days=2))
         push_s = time.monotonic() - started
-        pipeline = Pipeline(bench_settings(dsn, namespace, transfer_batch_size=batch_size, transfer_time_budget_s=3600))
+        pipeline = Pipeline.of(bench_settings(dsn, namespace, budget_s=3600, batch_size=batch_size))
         try:
             pipeline.pool.wait(10)
             report = pipeline.transfer.run()

@@ -1,4 +1,4 @@
--- Aggregation whose cost follows the events being aggregated (DESIGN.md §7):
+-- Aggregation whose cost follows the events being aggregated (docs/design.md §7):
 -- * a failing hour is retried with backoff and reported, and never holds up the other hours;
 -- * users get their dense id (uid) when transfer stores their first event, so aggregation never looks
 --   users up; per-user rollups are keyed by it;

@@ -9,12 +9,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generation_analytics.v1 import events_pb2
-
-EVENT_TYPES = {
-    "request": events_pb2.EVENT_TYPE_REQUEST,
-    "completion": events_pb2.EVENT_TYPE_COMPLETION,
-    "cancellation": events_pb2.EVENT_TYPE_CANCELLATION,
-}
+from generation_analytics.vocabulary import EventType
 
 
 def timestamp(when: datetime) -> Timestamp:
@@ -27,7 +22,7 @@ def make_event(kind: str = "completion", **fields: Any) -> events_pb2.Generation
     """A valid event of `kind` with fresh ids; `fields` override or add fields (datetimes allowed)."""
     values: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),
-        "event_type": EVENT_TYPES[kind],
+        "event_type": EventType(kind).to_proto(),
         "generation_id": f"gen-{uuid.uuid4().hex[:8]}",
         "user_id": str(uuid.uuid4()),
     }

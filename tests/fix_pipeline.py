@@ -10,17 +10,17 @@ from multiprocessing.connection import Connection
 import pytest
 import redis
 
-from generation_analytics.service.aggregate import PARTS, AggregationReport, Aggregator
 from generation_analytics.service.db import sync_pool
-from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
-from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.settings import PipelineSettings, PostgresSettings, Settings
+from generation_analytics.service.pipeline.aggregate import PARTS, AggregationReport, Aggregator
+from generation_analytics.service.pipeline.worker import Pipeline
+from generation_analytics.service.settings import AggregationSettings, PostgresSettings, RetentionSettings, Settings
+from generation_analytics.service.stream import EVENT_FIELD, StreamKeys
 from generation_analytics.v1 import events_pb2
 
 
 @pytest.fixture
 def pipeline(settings: Settings) -> Iterator[Pipeline]:
-    pipe = Pipeline(settings)
+    pipe = Pipeline.of(settings)
     pipe.pool.wait(10)
     try:
         yield pipe
@@ -49,10 +49,10 @@ def push_raw(client: redis.Redis, namespace: str, fields: dict[bytes, bytes]) ->
     return entry_id
 
 
-def _serve_aggregations(conn: Connection, dsn: str, pipeline: PipelineSettings) -> None:
+def _serve_aggregations(conn: Connection, dsn: str, settings: AggregationSettings) -> None:
     """Child process: run the aggregations the parent asks for, answer with the report or the error."""
     pool = sync_pool(PostgresSettings(dsn=dsn), name="child", max_size=len(PARTS) + 2)
-    aggregator = Aggregator(pool=pool, pipeline=pipeline)
+    aggregator = Aggregator(pool=pool, settings=settings, retention=RetentionSettings())
     try:
         while (command := conn.recv()) is not None:
             try:
@@ -67,10 +67,10 @@ def _serve_aggregations(conn: Connection, dsn: str, pipeline: PipelineSettings) 
 class AggregatorProcess:
     """An aggregator in a process of its own (as a `worker` or another replica runs it), driven by the test."""
 
-    def __init__(self, dsn: str, pipeline: PipelineSettings) -> None:
+    def __init__(self, dsn: str, settings: AggregationSettings) -> None:
         self._conn, child = multiprocessing.get_context("spawn").Pipe()
         self._process = multiprocessing.get_context("spawn").Process(
-            target=_serve_aggregations, args=(child, dsn, pipeline), daemon=True
+            target=_serve_aggregations, args=(child, dsn, settings), daemon=True
         )
         self._process.start()
 

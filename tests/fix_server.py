@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from generation_analytics.service.gateway import Gateway, start_gateway
-from generation_analytics.service.runtime import Runtime
-from generation_analytics.service.server import GrpcServer, start_grpc
+from generation_analytics.service.api.gateway import Gateway, start_gateway
+from generation_analytics.service.api.runtime import Runtime
+from generation_analytics.service.api.server import GrpcServer, start_grpc
 from generation_analytics.service.settings import Settings
 from generation_analytics.v1 import analytics_pb2_grpc, events_pb2_grpc, pipeline_pb2_grpc
 

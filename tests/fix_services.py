@@ -7,26 +7,28 @@ both removed afterwards, so tests never see each other's data.
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
+import psycopg_pool.base
 import pytest
 import redis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from generation_analytics.service.embedded import EmbeddedPostgres, EmbeddedRedis
-from generation_analytics.service.keys import StreamKeys
 from generation_analytics.service.migrate import migrate
 from generation_analytics.service.settings import (
-    PipelineSettings,
     PostgresSettings,
     RedisSettings,
+    ScheduleSettings,
     Settings,
 )
+from generation_analytics.service.stream import StreamKeys
 
 DEFAULT_TEST_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -45,6 +47,20 @@ def _redis_reachable(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def pools_off_the_global_random(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep connection pools off the global `random` state, in every test.
+
+    psycopg_pool jitters the lifetime of every connection it opens with the global `random.random()`,
+    in its own threads (in the background, from the start, and as a pool grows): when that lands while
+    hypothesis draws, hypothesis sees the global state change under it and warns ("Do not use the
+    random module inside strategies"), an error here. A generator of their own makes the pools' draws
+    invisible to it. The service's own code never uses the global state (client and recorder jitter use
+    SystemRandom).
+    """
+    monkeypatch.setattr(psycopg_pool.base, "random", random.Random().random)
 
 
 @pytest.fixture(scope="session")
@@ -161,5 +177,5 @@ def settings(db_dsn: str, redis_url: str, namespace: str) -> Settings:
         Settings(),
         postgres=PostgresSettings(dsn=db_dsn, pool_max_size=4),
         redis=RedisSettings(url=redis_url, namespace=namespace),
-        pipeline=PipelineSettings(scheduler_enabled=False),
+        schedule=ScheduleSettings(enabled=False),
     )

@@ -1,7 +1,7 @@
 """Independent, brute-force computation of every figure from raw events, in plain Python.
 
 The tests compare what the service reports with what this module computes from the rows of
-generation_events (or from the events a test sent), so both sides must agree on DESIGN.md §3 —
+generation_events (or from the events a test sent), so both sides must agree on docs/design.md §3 —
 but share no code.
 """
 
@@ -65,7 +65,7 @@ def percentile_cont(values: list[float], q: float) -> float:
 
 @dataclass
 class Summary:
-    """Every figure of DESIGN.md §3 for one set of events."""
+    """Every figure of docs/design.md §3 for one set of events."""
 
     total_requests: int = 0
     successful: int = 0
@@ -179,7 +179,7 @@ def from_message(event: Any) -> Raw:
 
 
 def window_bounds(days: int, now: datetime) -> tuple[datetime, datetime]:
-    """DESIGN.md §3: whole hours from the start of the current hour minus days x 24 h, to its end."""
+    """docs/design.md §3: whole hours from the start of the current hour minus days x 24 h, to its end."""
     current = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     return current - timedelta(days=days), current + HOUR
 

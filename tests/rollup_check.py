@@ -11,11 +11,12 @@ from typing import Any
 import psycopg
 
 from generation_analytics.service import sketches
+from generation_analytics.service.hours import hour_floor
 from generation_analytics.service.queries.failures import failure_analysis
 from generation_analytics.service.queries.models import model_performance
 from generation_analytics.service.queries.overview import overview
 from generation_analytics.service.queries.users import top_users, user_analytics
-from generation_analytics.service.queries.window import hour_floor, window
+from generation_analytics.service.queries.window import window
 from tests import reference as ref
 
 

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from generation_analytics.service.aggregate import Aggregator
-from generation_analytics.service.keys import StreamKeys
-from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.queries.window import hour_floor
-from generation_analytics.service.retention import prune
+from generation_analytics.service.hours import hour_floor
+from generation_analytics.service.pipeline.aggregate import Aggregator
+from generation_analytics.service.pipeline.retention import prune
+from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import Settings
+from generation_analytics.service.stream import StreamKeys
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
 from tests.fix_pipeline import AggregatorProcess, push
@@ -171,7 +171,9 @@ def test_concurrent_aggregators_and_transfers_converge(
 ) -> None:
     """Two aggregators race each other and a transfer that keeps adding events to the same hours."""
     errors: list[BaseException] = []
-    aggregators = [Aggregator(pool=pipeline.pool, pipeline=settings.pipeline) for _ in range(2)]
+    aggregators = [
+        Aggregator(pool=pipeline.pool, settings=settings.aggregation, retention=settings.retention) for _ in range(2)
+    ]
     stop = threading.Event()
 
     def aggregate(aggregator: Aggregator) -> None:
@@ -203,9 +205,9 @@ def test_retention_removes_old_raw_events_and_keeps_rollups(
     push(stream_client, settings.redis.namespace, some_events(200, BASE_HOUR))
     transfer_and_aggregate(pipeline)
     rollups = snapshot(settings.postgres.dsn)
-    cutoff_now = BASE_HOUR + timedelta(days=settings.pipeline.retention_days, hours=10)
+    cutoff_now = BASE_HOUR + timedelta(days=settings.retention.days, hours=10)
 
-    report = prune(pipeline.pool, replace(settings.pipeline, retention_batch_rows=7), now=cutoff_now)
+    report = prune(pipeline.pool, replace(settings.retention, batch_rows=7), now=cutoff_now)
 
     remaining = fetch(settings.postgres.dsn, "SELECT min(timestamp), count(*) FROM generation_events")[0]
     assert report.deleted == 200 - remaining[1] > 0
@@ -216,9 +218,7 @@ def test_retention_removes_old_raw_events_and_keeps_rollups(
 def test_dirty_hours_past_retention_keep_their_rollups(
     pipeline: Pipeline, stream_client: redis.Redis, settings: Settings
 ) -> None:
-    old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
-        days=settings.pipeline.retention_days + 1
-    )
+    old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=settings.retention.days + 1)
     with psycopg.connect(settings.postgres.dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO generation_dirty_hours (hour, version) VALUES (%s, 1)", (old,))
     report = pipeline.run_aggregation()
@@ -232,8 +232,8 @@ def test_aggregators_in_three_processes_on_the_same_users_never_deadlock(
     round: every run succeeds (a 40P01 would fail it) and the rollups end equal to the raw events."""
     rng = random.Random(5)
     now = datetime.now(UTC)
-    others = [AggregatorProcess(settings.postgres.dsn, replace(settings.pipeline, aggregation_batch_hours=3))]
-    others.append(AggregatorProcess(settings.postgres.dsn, settings.pipeline))
+    others = [AggregatorProcess(settings.postgres.dsn, replace(settings.aggregation, batch_hours=3))]
+    others.append(AggregatorProcess(settings.postgres.dsn, settings.aggregation))
     try:
         for _ in range(6):
             late = [

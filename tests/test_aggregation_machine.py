@@ -22,11 +22,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from generation_analytics.service.aggregate import AggregationReport
-from generation_analytics.service.keys import StreamKeys
-from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.queries.window import hour_floor
+from generation_analytics.service.hours import hour_floor
+from generation_analytics.service.pipeline.aggregate import AggregationReport
+from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import Settings
+from generation_analytics.service.stream import StreamKeys
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
 from tests.fix_pipeline import AggregatorProcess, push
@@ -176,7 +176,7 @@ class AggregationMachine(RuleBasedStateMachine):
 
 @pytest.fixture
 def aggregators(settings: Settings) -> Iterator[list[AggregatorProcess]]:
-    processes = [AggregatorProcess(settings.postgres.dsn, settings.pipeline) for _ in range(2)]
+    processes = [AggregatorProcess(settings.postgres.dsn, settings.aggregation) for _ in range(2)]
     yield processes
     for process in processes:
         process.close()
@@ -187,8 +187,8 @@ def test_aggregation_under_any_history(
     settings: Settings, stream_client: redis.Redis, aggregators: list[AggregatorProcess]
 ) -> None:
     # Small batches so that one run takes several transactions, as on a large backlog.
-    settings = replace(settings, pipeline=replace(settings.pipeline, aggregation_batch_hours=4))
-    pipeline = Pipeline(settings)
+    settings = replace(settings, aggregation=replace(settings.aggregation, batch_hours=4))
+    pipeline = Pipeline.of(settings)
     try:
         AggregationMachine.settings = settings
         AggregationMachine.pipeline = pipeline

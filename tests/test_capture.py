@@ -14,11 +14,12 @@ import grpc
 import pytest
 import redis
 
-from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
-from generation_analytics.service.rpc import FIELD_METADATA_KEY
+from generation_analytics.service.api.rpc import FIELD_METADATA_KEY
 from generation_analytics.service.settings import LimitSettings, RedisSettings, Settings
+from generation_analytics.service.stream import EVENT_FIELD, StreamKeys
 from generation_analytics.v1 import events_pb2
 from tests.factories import full_event, make_event
+from tests.fix_processes import free_port
 from tests.fix_server import LiveServer
 
 
@@ -177,13 +178,6 @@ def test_full_backlog_answers_resource_exhausted(settings: Settings, redis_url: 
         server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Any:
     """A redis-server of this test's own, so stopping it disturbs no other test."""
@@ -217,7 +211,7 @@ def test_redis_stopped_answers_unavailable_fast(settings: Settings, private_redi
 
 
 def test_unreachable_redis_answers_unavailable_fast(settings: Settings) -> None:
-    port = _free_port()
+    port = free_port()
     unreachable = RedisSettings(url=f"redis://127.0.0.1:{port}/0", namespace="ga_none")
     server = LiveServer(replace(settings, redis=unreachable))
     try:

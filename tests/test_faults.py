@@ -7,12 +7,9 @@ once and the rollups equal a recompute from the raw events. Run alone with `make
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,34 +28,11 @@ from generation_analytics.service.migrate import migrate
 from generation_analytics.service.settings import PostgresSettings, Settings
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
+from tests.fix_processes import CLI, free_port, service_env
 from tests.fix_server import LiveServer
 from tests.rollup_check import assert_queries_match_raw, assert_rollups_match_raw
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-CLI = str(Path(sys.executable).parent / "generation-analytics")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GA_POSTGRES_DSN": settings.postgres.dsn,
-        "GA_REDIS_URL": settings.redis.url,
-        "GA_NAMESPACE": settings.redis.namespace,
-        "GA_TRANSFER_INTERVAL_S": "0.2",
-        "GA_AGGREGATION_INTERVAL_S": "0.3",
-        "GA_TRANSFER_BATCH_SIZE": "500",
-        "GA_AGGREGATION_BATCH_HOURS": "3",
-        "GA_RECLAIM_IDLE_MS": "1000",
-        "GA_LOG_LEVEL": "WARNING",
-        **extra,
-    }
 
 
 def random_events(rng: random.Random, n: int) -> list[events_pb2.GenerationEvent]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import random
 import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg_pool.base
 import pytest
 import requests
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
@@ -21,7 +19,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from generation_analytics.service.server import SERVICES
+from generation_analytics.service.api.server import SERVICES
 from generation_analytics.service.settings import LimitSettings, Settings
 from generation_analytics.v1 import events_pb2
 from tests.fix_server import LiveServer
@@ -101,19 +99,6 @@ def rss_mib() -> float:
         psutil = pytest.importorskip("psutil")
         return float(psutil.Process().memory_info().rss) / 2**20
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-@pytest.fixture(autouse=True)
-def pools_off_the_global_random(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the in-process server's connection pools off the global `random` state.
-
-    psycopg_pool jitters the lifetime of every connection it opens with the global `random.random()`,
-    and the live server's pools open theirs in their own threads (in the background, from the start,
-    and as they grow): when that lands during a draw, hypothesis sees the global state change under
-    it and warns ("Do not use the random module inside strategies"), an error here. A generator of
-    their own makes the pools' draws invisible to it. Set before `live_server` (autouse goes first).
-    """
-    monkeypatch.setattr(psycopg_pool.base, "random", random.Random().random)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=[m.name for m in METHODS])

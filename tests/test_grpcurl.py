@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from generation_analytics.service.keys import StreamKeys
+from generation_analytics.service.stream import StreamKeys
 from tests.fix_server import LiveServer
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -11,7 +10,6 @@ from typing import Any, TypeVar
 
 import grpc
 import psycopg
-import psycopg_pool.base
 import pytest
 import redis
 from hypothesis import HealthCheck, given
@@ -29,16 +27,6 @@ USERS = [str(uuid.UUID(int=i + 1, version=4)) for i in range(5)]
 MODELS = ["", "sdxl-1.0", "flux-dev"]
 ERRORS = ["", "OutOfMemory", "Timeout"]
 MESSAGES = ["", "boom", "CUDA OOM", "took too long", "m1", "m2", "m3"]
-
-
-@pytest.fixture(autouse=True)
-def pools_off_the_global_random(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The live server's connection pools draw their jitter from a generator of their own.
-
-    psycopg_pool uses the global `random` for every connection it opens, in the server's threads; one
-    landing during a hypothesis draw is a HypothesisDeprecationWarning (an error here). See test_fuzz.
-    """
-    monkeypatch.setattr(psycopg_pool.base, "random", random.Random().random)
 
 
 def now() -> datetime:

@@ -16,8 +16,8 @@ import redis
 
 from generation_analytics.client import EventRecorder
 from generation_analytics.service.embedded import EmbeddedRedis
-from generation_analytics.service.keys import StreamKeys
 from generation_analytics.service.settings import RedisSettings, Settings
+from generation_analytics.service.stream import StreamKeys
 from generation_analytics.v1 import pipeline_pb2
 from tests.fix_server import LiveServer
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.scheduler import PipelineJob
+from generation_analytics.service.pipeline.scheduler import PipelineJob
+from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import Settings
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
@@ -56,9 +56,7 @@ def test_run_once_can_surface_the_error(pipeline: Pipeline) -> None:
 def test_scheduled_pipeline_makes_recorded_events_visible_on_its_own(settings: Settings) -> None:
     scheduled = replace(
         settings,
-        pipeline=replace(
-            settings.pipeline, scheduler_enabled=True, transfer_interval_s=0.5, aggregation_interval_s=0.5
-        ),
+        schedule=replace(settings.schedule, enabled=True, transfer_interval_s=0.5, aggregation_interval_s=0.5),
     )
     server = LiveServer(scheduled)
     try:

@@ -4,38 +4,27 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 
 from generation_analytics.client import AnalyticsClient, build_event
+from tests.fix_processes import free_port, launch
 
 pytestmark = pytest.mark.slow
-CLI = str(Path(sys.executable).parent / "generation-analytics")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start(data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """`serve` on embedded servers: no GA_* setting but the data folder and the port."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GA_")}
     environment.update(
         GA_DATA_DIR=str(data_dir), GA_LISTEN_ADDR=f"127.0.0.1:{port}", GA_HTTP_ADDR="off", GA_LOG_LEVEL="WARNING", **env
     )
-    process = subprocess.Popen([CLI, "serve"], env=environment)
-    grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=120)
-    return process
+    return launch("serve", environment, address=f"127.0.0.1:{port}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:

@@ -30,7 +30,7 @@ def test_environment_overrides_are_typed() -> None:
     )
     assert settings.limits.max_batch_events == 500
     assert settings.redis.socket_timeout_s == 0.25
-    assert settings.pipeline.scheduler_enabled is False
+    assert settings.schedule.enabled is False
     assert settings.data_dir == Path("/tmp/ga")
     assert not settings.embedded
 

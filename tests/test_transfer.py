@@ -11,11 +11,10 @@ import psycopg
 import pytest
 import redis
 
-from generation_analytics.service.codec import event_to_row
-from generation_analytics.service.keys import TRANSFER_GROUP, StreamKeys
-from generation_analytics.service.pipeline import Pipeline
+from generation_analytics.service.pipeline.transfer import Transfer
+from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import PostgresSettings, Settings
-from generation_analytics.service.transfer import Transfer
+from generation_analytics.service.stream import TRANSFER_GROUP, StreamKeys, event_to_row
 from generation_analytics.v1 import events_pb2
 from tests.factories import full_event, make_event
 from tests.fix_pipeline import push, push_raw
@@ -76,8 +75,7 @@ def replace_batch_size(pipeline: Pipeline, settings: Settings, size: int, **kwar
         redis_client=pipeline.redis,
         pool=pipeline.pool,
         keys=StreamKeys(settings.redis.namespace),
-        pipeline=replace(settings.pipeline, transfer_batch_size=size),
-        limits=settings.limits,
+        settings=replace(settings.transfer, batch_size=size),
         **kwargs,
     )
 
@@ -126,8 +124,7 @@ def test_crash_between_commit_and_ack_loses_and_duplicates_nothing(
         redis_client=pipeline.redis,
         pool=pipeline.pool,
         keys=StreamKeys(settings.redis.namespace),
-        pipeline=replace(settings.pipeline, reclaim_idle_ms=0),
-        limits=settings.limits,
+        settings=replace(settings.transfer, reclaim_idle_ms=0),
     )
     report = successor.run()
 
@@ -166,7 +163,7 @@ def test_postgres_down_acknowledges_nothing_and_next_run_delivers_all(
     down = replace(
         settings, postgres=PostgresSettings(dsn="postgresql://postgres@127.0.0.1:1/none", connect_timeout_s=1)
     )
-    broken = Pipeline(down)
+    broken = Pipeline.of(down)
     try:
         with pytest.raises(Exception) as error:
             broken.transfer.run()
@@ -182,8 +179,7 @@ def test_postgres_down_acknowledges_nothing_and_next_run_delivers_all(
         redis_client=pipeline.redis,
         pool=pipeline.pool,
         keys=StreamKeys(settings.redis.namespace),
-        pipeline=settings.pipeline,
-        limits=settings.limits,
+        settings=settings.transfer,
         consumer=consumer,
     )
     recovered.run()
@@ -246,14 +242,13 @@ def test_entry_delivered_too_often_is_dead_lettered(
     pipeline.transfer.ensure_group()
     push(stream_client, ns, events(1))
     stream = StreamKeys(ns).stream
-    for _ in range(settings.pipeline.max_deliveries):  # a worker that keeps dying on this entry
+    for _ in range(settings.transfer.max_deliveries):  # a worker that keeps dying on this entry
         stream_client.xreadgroup(TRANSFER_GROUP, "doomed", {stream: "0" if _ else ">"})
     successor = Transfer(
         redis_client=pipeline.redis,
         pool=pipeline.pool,
         keys=StreamKeys(ns),
-        pipeline=replace(settings.pipeline, reclaim_idle_ms=0),
-        limits=settings.limits,
+        settings=replace(settings.transfer, reclaim_idle_ms=0),
     )
     report = successor.run()
 
@@ -315,14 +310,13 @@ def test_every_reclaimed_entry_is_capped_though_our_own_pending_entries_lie_betw
         redis_client=pipeline.redis,
         pool=pipeline.pool,
         keys=StreamKeys(ns),
-        pipeline=settings.pipeline,  # reclaims entries idle for reclaim_idle_ms (60 s), not fresher ones
-        limits=settings.limits,
+        settings=settings.transfer,  # reclaims entries idle for reclaim_idle_ms (60 s), not fresher ones
     )
     delivered: Any = stream_client.xreadgroup(TRANSFER_GROUP, "doomed", {stream: ">"})
     ids = [entry_id for entry_id, _ in delivered[0][1]]
     doomed, ours = ids[0::2], ids[1::2]
     # Every other entry: a stopped worker died on it max_deliveries times, the last an hour ago.
-    max_deliveries = settings.pipeline.max_deliveries
+    max_deliveries = settings.transfer.max_deliveries
     stream_client.xclaim(stream, TRANSFER_GROUP, "doomed", 0, doomed, idle=3_600_000, retrycount=max_deliveries)
     # The ones between: read by the successor a moment ago and not stored yet (not idle, not reclaimed).
     stream_client.xclaim(stream, TRANSFER_GROUP, successor.consumer, 0, ours, idle=0, retrycount=1)
@@ -349,7 +343,7 @@ def test_every_reread_entry_is_capped_though_deleted_entries_lie_between(
     ids = [entry_id for entry_id, _ in delivered[0][1]]
     kept, deleted = ids[0::2], ids[1::2]
     # The worker failed on every other entry max_deliveries times (and read them a moment ago).
-    max_deliveries = settings.pipeline.max_deliveries
+    max_deliveries = settings.transfer.max_deliveries
     stream_client.xclaim(stream, TRANSFER_GROUP, "worker", 0, kept, retrycount=max_deliveries)
     calls: list[str] = []
 

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
 
 from generation_analytics.client import AnalyticsClient, AnalyticsClientError
-from generation_analytics.client.jsonify import to_jsonable
+from generation_analytics.jsonify import to_jsonable
+from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, field_type
+from generation_analytics.vocabulary import Word
 
 DEFAULT_TARGET = os.environ.get("GA_TARGET", "127.0.0.1:50051")
 
@@ -34,7 +38,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from generation_analytics.service.server import serve
+    from generation_analytics.service.api.server import serve
     from generation_analytics.service.settings import describe, load_settings
 
     settings = load_settings()
@@ -54,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from generation_analytics.service.server import run_worker
+    from generation_analytics.service.pipeline.worker import run_worker
     from generation_analytics.service.settings import load_settings
 
     settings = load_settings()
@@ -64,8 +68,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from generation_analytics.service.embedded import start_embedded
     from generation_analytics.service.migrate import migrate
-    from generation_analytics.service.runtime import start_embedded
     from generation_analytics.service.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -115,92 +119,137 @@ def fields_block(data: dict[str, Any], skip: Sequence[str] = ()) -> str:
 
 Renderer = Callable[[dict[str, Any]], str]
 
-RENDERERS: dict[str, Renderer] = {
-    "overview": fields_block,
-    "trends": lambda d: table(
-        d["data_points"],
-        [
-            "timestamp",
-            "total_requests",
-            "successful_generations",
-            "failed_generations",
-            "success_rate",
-            "p95_duration_ms",
-            "unique_users",
-        ],
+
+def _columns(key: str, *columns: str) -> Renderer:
+    return lambda d: table(d[key], columns)
+
+
+def _blocks(*parts: Callable[[dict[str, Any]], str]) -> Renderer:
+    return lambda d: "\n\n".join(part(d) for part in parts)
+
+
+def _optional_table(key: str, columns: Sequence[str], empty: str, title: str = "") -> Renderer:
+    return lambda d: (title + table(d[key], columns)) if d[key] else empty
+
+
+@dataclass(frozen=True)
+class Command:
+    """One client command: what it asks (a question, whose fields become its arguments, or a call) and
+    how its answer is shown."""
+
+    help: str
+    render: Renderer
+    question: type[Question] | None = None
+    call: Callable[[AnalyticsClient, argparse.Namespace], Message] | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "overview": Command(
+        "success rate, latency percentiles, users, images, queue", fields_block, QUESTIONS["GetOverview"]
     ),
-    "user": lambda d: "\n\n".join(
-        [
-            fields_block(d),
-            table(d["failure_breakdown"], ["error_type", "count"]) if d["failure_breakdown"] else "no failures",
-            table(d["models_used"], ["model_checkpoint", "count"]) if d["models_used"] else "no checkpoints",
-            table(d["recent_activity"], ["timestamp", "event_type", "model_checkpoint", "duration_ms", "success"]),
-        ]
+    "trends": Command(
+        "hourly or daily buckets",
+        _columns("data_points", "timestamp", "total_requests", "successful_generations", "failed_generations",
+                 "success_rate", "p95_duration_ms", "unique_users"),
+        QUESTIONS["GetTrends"],
     ),
-    "models": lambda d: table(
-        d["models"],
-        [
-            "model_checkpoint",
-            "total_generations",
-            "success_rate_pct",
-            "avg_duration_ms",
-            "p50_duration_ms",
-            "p95_duration_ms",
-            "p99_duration_ms",
-        ],
+    "user": Command(
+        "one user's activity",
+        _blocks(
+            fields_block,
+            _optional_table("failure_breakdown", ["error_type", "count"], "no failures"),
+            _optional_table("models_used", ["model_checkpoint", "count"], "no checkpoints"),
+            _columns("recent_activity", "timestamp", "event_type", "model_checkpoint", "duration_ms", "success"),
+        ),
+        QUESTIONS["GetUserAnalytics"],
     ),
-    "failures": lambda d: "\n\n".join(
-        [
-            fields_block(d),
-            table(d["error_types"], ["error_type", "count", "avg_duration_ms", "affected_users", "last_seen"]),
-            table(d["failure_trends"], ["date", "total_completions", "failures", "failure_rate"]),
-        ]
+    "models": Command(
+        "model checkpoint comparison",
+        _columns("models", "model_checkpoint", "total_generations", "success_rate_pct", "avg_duration_ms",
+                 "p50_duration_ms", "p95_duration_ms", "p99_duration_ms"),
+        QUESTIONS["GetModelPerformance"],
     ),
-    "peak-hours": lambda d: table(
-        d["peak_hours"], ["hour_of_day", "avg_requests", "total_requests", "avg_p95_duration_ms", "avg_queue_length"]
+    "failures": Command(
+        "error types and daily failure rates",
+        _blocks(
+            fields_block,
+            _columns("error_types", "error_type", "count", "avg_duration_ms", "affected_users", "last_seen"),
+            _columns("failure_trends", "date", "total_completions", "failures", "failure_rate"),
+        ),
+        QUESTIONS["GetFailureAnalysis"],
     ),
-    "events": lambda d: (
-        table(
-            d["events"],
-            ["timestamp", "event_type", "user_id", "model_checkpoint", "duration_ms", "success", "error_type"],
-        )
-        + (f"\nnext page: --page-token {d['next_page_token']}" if d["next_page_token"] else "")
+    "peak-hours": Command(
+        "load per UTC hour of day",
+        _columns("peak_hours", "hour_of_day", "avg_requests", "total_requests", "avg_p95_duration_ms",
+                 "avg_queue_length"),
+        QUESTIONS["GetPeakHours"],
     ),
-    "top-users": lambda d: table(
-        d["users"],
-        [
-            "user_id",
-            "total_requests",
-            "successful_generations",
-            "failed_generations",
-            "avg_duration_ms",
-            "last_generation_at",
-        ],
+    "events": Command(
+        "raw events, newest or slowest first",
+        lambda d: (
+            table(d["events"], ["timestamp", "event_type", "user_id", "model_checkpoint", "duration_ms", "success",
+                                "error_type"])
+            + (f"\nnext page: --page-token {d['next_page_token']}" if d["next_page_token"] else "")
+        ),
+        QUESTIONS["ListEvents"],
     ),
-    "status": lambda d: (
-        fields_block(d)
-        + "\n\n"
-        + table(d["hours_with_data"], ["day", "hours_with_data"])
-        + (
-            "\n\nfailing hours (retried with backoff; the others keep flowing):\n"
-            + table(d["failing_hours"], ["hour", "failing_since", "failures", "next_retry_at", "last_error"])
-            if d["failing_hours"]
-            else ""
-        )
+    "top-users": Command(
+        "users ranked by requests",
+        _columns("users", "user_id", "total_requests", "successful_generations", "failed_generations",
+                 "avg_duration_ms", "last_generation_at"),
+        QUESTIONS["ListTopUsers"],
     ),
-    "transfer": fields_block,
-    "aggregate": fields_block,
-}
+    "status": Command(
+        "pipeline health (stream backlog, freshness, last runs)",
+        _blocks(
+            fields_block,
+            _columns("hours_with_data", "day", "hours_with_data"),
+            _optional_table(
+                "failing_hours", ["hour", "failing_since", "failures", "next_retry_at", "last_error"], "",
+                "failing hours (retried with backoff; the others keep flowing):\n",
+            ),
+        ),
+        call=lambda c, a: c.pipeline_status(),
+    ),
+    "transfer": Command("drain the stream into Postgres now", fields_block, call=lambda c, a: c.run_transfer()),
+    "aggregate": Command(
+        "recompute dirty hours now (or every hour of a range)",
+        fields_block,
+        call=lambda c, a: c.run_aggregation(
+            _hour(a.start_hour) if a.start_hour else None, _hour(a.end_hour) if a.end_hour else None
+        ),
+    ),
+}  # fmt: skip
+# Shorter spellings kept from earlier versions of the CLI.
+ALIASES = {"model_checkpoint": ["--model"]}
+# Paging defaults the CLI shows (the API's own default page is 50 too).
+CLI_DEFAULTS: dict[str, Any] = {"page_size": 50}
+
+
+def _ask(client: AnalyticsClient, args: argparse.Namespace) -> Message:
+    command = COMMANDS[args.command]
+    if command.call is not None:
+        return command.call(client, args)
+    assert command.question is not None
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(command.question)}
+    if "success" in values and values["success"] is not None:
+        values["success"] = values["success"] == "true"
+    try:
+        question = build(command.question, **values)
+    except UnknownValue as exc:
+        raise SystemExit(f"error: --{exc.field.replace('_', '-')}: {exc}") from None
+    response: Message = client.ask(question)
+    return response
 
 
 def _query(args: argparse.Namespace) -> int:
     with AnalyticsClient(args.target, timeout_s=args.timeout) as client:
-        reply: Message = QUERIES[args.command](client, args)
+        reply = _ask(client, args)
     data = to_jsonable(reply)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(RENDERERS[args.command](data))
+        print(COMMANDS[args.command].render(data))
     return 0
 
 
@@ -209,32 +258,21 @@ def _hour(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-QUERIES: dict[str, Callable[[AnalyticsClient, argparse.Namespace], Message]] = {
-    "overview": lambda c, a: c.overview(a.days),
-    "trends": lambda c, a: c.trends(a.days, a.interval),
-    "user": lambda c, a: c.user(a.user_id, a.days),
-    "models": lambda c, a: c.models(a.days),
-    "failures": lambda c, a: c.failures(a.days),
-    "peak-hours": lambda c, a: c.peak_hours(a.days),
-    "events": lambda c, a: c.events(
-        days=a.days,
-        user_id=a.user_id,
-        model_checkpoint=a.model,
-        event_type=a.event_type,
-        success={"true": True, "false": False}.get(a.success or ""),
-        error_type=a.error_type,
-        min_duration_ms=a.min_duration_ms,
-        order=a.order,
-        page_size=a.page_size,
-        page_token=a.page_token,
-    ),
-    "top-users": lambda c, a: c.top_users(a.days, a.limit),
-    "status": lambda c, a: c.pipeline_status(),
-    "transfer": lambda c, a: c.run_transfer(),
-    "aggregate": lambda c, a: c.run_aggregation(
-        _hour(a.start_hour) if a.start_hour else None, _hour(a.end_hour) if a.end_hour else None
-    ),
-}
+def _add_question_arguments(parser: argparse.ArgumentParser, question: type[Question]) -> None:
+    """One argument per field of the question: required fields positional, the others options."""
+    for f in dataclasses.fields(question):
+        kind = field_type(question, f.name)
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(f.name)
+            continue
+        flags = [f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, [])]
+        default = CLI_DEFAULTS.get(f.name)
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, choices=["true", "false"], default=None)
+        elif issubclass(kind, Word):
+            parser.add_argument(*flags, dest=f.name, choices=[w.value for w in kind], default=None)
+        else:
+            parser.add_argument(*flags, dest=f.name, type=kind, default=default)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -271,38 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--dsn", default="", help="Postgres DSN (default: GA_POSTGRES_DSN, else embedded)")
     migrate.set_defaults(func=_migrate)
 
-    def client_command(name: str, help_text: str, *, days: bool = True) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text)
-        command.add_argument("--target", default=DEFAULT_TARGET, help="gRPC address (env GA_TARGET)")
-        command.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
-        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        if days:
-            command.add_argument("--days", type=int, default=None, help="window in days (default: the RPC's)")
-        command.set_defaults(func=_query)
-        return command
-
-    client_command("overview", "success rate, latency percentiles, users, images, queue")
-    client_command("trends", "hourly or daily buckets").add_argument(
-        "--interval", choices=["hourly", "daily"], default="hourly"
-    )
-    client_command("user", "one user's activity").add_argument("user_id")
-    client_command("models", "model checkpoint comparison")
-    client_command("failures", "error types and daily failure rates")
-    client_command("peak-hours", "load per UTC hour of day")
-    events = client_command("events", "raw events, newest or slowest first")
-    events.add_argument("--user-id", default="")
-    events.add_argument("--model", default="", help="model_checkpoint")
-    events.add_argument("--event-type", default="", choices=["", "request", "completion", "cancellation"])
-    events.add_argument("--success", choices=["true", "false"])
-    events.add_argument("--error-type", default="")
-    events.add_argument("--min-duration-ms", type=int)
-    events.add_argument("--order", choices=["newest", "slowest"], default="newest")
-    events.add_argument("--page-size", type=int, default=50)
-    events.add_argument("--page-token", default="")
-    client_command("top-users", "users ranked by requests").add_argument("--limit", type=int)
-    client_command("status", "pipeline health (stream backlog, freshness, last runs)", days=False)
-    client_command("transfer", "drain the stream into Postgres now", days=False)
-    aggregate = client_command("aggregate", "recompute dirty hours now (or every hour of a range)", days=False)
+    for name, command in COMMANDS.items():
+        client = sub.add_parser(name, help=command.help)
+        client.add_argument("--target", default=DEFAULT_TARGET, help="gRPC address (env GA_TARGET)")
+        client.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if command.question is not None:
+            _add_question_arguments(client, command.question)
+        client.set_defaults(func=_query)
+    aggregate = sub.choices["aggregate"]
     aggregate.add_argument("--start-hour", help="ISO time, UTC unless it says otherwise")
     aggregate.add_argument("--end-hour", help="ISO time, UTC unless it says otherwise")
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from generation_analytics.client.errors import AnalyticsClientError
+from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, to_request
 from generation_analytics.v1 import (
     analytics_pb2,
     analytics_pb2_grpc,
@@ -24,14 +25,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 # Backoff jitter from the OS, never the global `random` state (that would perturb the caller's seeded
 # sequences, and tests that check it); unlike a module-level Random() it differs in forked processes.
 _JITTER = random.SystemRandom()
-INTERVALS = {"hourly": analytics_pb2.INTERVAL_HOURLY, "daily": analytics_pb2.INTERVAL_DAILY}
-ORDERS = {"newest": analytics_pb2.EVENT_ORDER_NEWEST, "slowest": analytics_pb2.EVENT_ORDER_SLOWEST}
-EVENT_TYPE_FILTERS = {
-    "": events_pb2.EVENT_TYPE_UNSPECIFIED,
-    "request": events_pb2.EVENT_TYPE_REQUEST,
-    "completion": events_pb2.EVENT_TYPE_COMPLETION,
-    "cancellation": events_pb2.EVENT_TYPE_CANCELLATION,
-}
 
 # RPC -> client method: the contract test checks that every RPC of the descriptors is here.
 RPC_METHODS = {
@@ -125,62 +118,43 @@ class AnalyticsClient:
         """Record a batch; invalid events come back in `rejections`, the valid ones are kept."""
         return self._call(self._events.RecordEvents, events_pb2.RecordEventsRequest(events=events))
 
-    # AnalyticsService
+    # AnalyticsService: every RPC is a question (generation_analytics.questions); `ask` asks any of them.
+
+    def ask(self, question: Question) -> Any:
+        """The response message answering `question` (e.g. `ask(questions.OverviewQuestion(days=7))`)."""
+        return self._call(getattr(self._analytics, question.RPC), to_request(question))
+
+    def _ask(self, rpc: str, **values: Any) -> Any:
+        try:
+            return self.ask(build(QUESTIONS[rpc], **values))
+        except UnknownValue as exc:
+            raise ValueError(f"{exc.field}: {exc}") from None
 
     def overview(self, days: int | None = None) -> analytics_pb2.GetOverviewResponse:
-        return self._call(self._analytics.GetOverview, analytics_pb2.GetOverviewRequest(days=days))
+        return self._ask("GetOverview", days=days)  # type: ignore[no-any-return]
 
     def trends(self, days: int | None = None, interval: str = "hourly") -> analytics_pb2.GetTrendsResponse:
-        if interval not in INTERVALS:
-            raise ValueError(f"interval must be one of {', '.join(INTERVALS)}")
-        request = analytics_pb2.GetTrendsRequest(days=days, interval=INTERVALS[interval])
-        return self._call(self._analytics.GetTrends, request)
+        return self._ask("GetTrends", days=days, interval=interval)  # type: ignore[no-any-return]
 
     def user(self, user_id: str, days: int | None = None) -> analytics_pb2.GetUserAnalyticsResponse:
-        request = analytics_pb2.GetUserAnalyticsRequest(user_id=user_id, days=days)
-        return self._call(self._analytics.GetUserAnalytics, request)
+        return self._ask("GetUserAnalytics", user_id=user_id, days=days)  # type: ignore[no-any-return]
 
     def models(self, days: int | None = None) -> analytics_pb2.GetModelPerformanceResponse:
-        return self._call(self._analytics.GetModelPerformance, analytics_pb2.GetModelPerformanceRequest(days=days))
+        return self._ask("GetModelPerformance", days=days)  # type: ignore[no-any-return]
 
     def failures(self, days: int | None = None) -> analytics_pb2.GetFailureAnalysisResponse:
-        return self._call(self._analytics.GetFailureAnalysis, analytics_pb2.GetFailureAnalysisRequest(days=days))
+        return self._ask("GetFailureAnalysis", days=days)  # type: ignore[no-any-return]
 
     def peak_hours(self, days: int | None = None) -> analytics_pb2.GetPeakHoursResponse:
-        return self._call(self._analytics.GetPeakHours, analytics_pb2.GetPeakHoursRequest(days=days))
+        return self._ask("GetPeakHours", days=days)  # type: ignore[no-any-return]
 
-    def events(
-        self,
-        *,
-        days: int | None = None,
-        user_id: str = "",
-        model_checkpoint: str = "",
-        event_type: str = "",
-        success: bool | None = None,
-        error_type: str = "",
-        min_duration_ms: int | None = None,
-        order: str = "newest",
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> analytics_pb2.ListEventsResponse:
-        """One page of raw events; pass `next_page_token` back (with the same filters) for the next."""
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
-        if event_type not in EVENT_TYPE_FILTERS:
-            raise ValueError(f"event_type must be one of {', '.join(t for t in EVENT_TYPE_FILTERS if t)}")
-        request = analytics_pb2.ListEventsRequest(
-            days=days,
-            user_id=user_id,
-            model_checkpoint=model_checkpoint,
-            event_type=EVENT_TYPE_FILTERS[event_type],
-            success=success,
-            error_type=error_type,
-            min_duration_ms=min_duration_ms,
-            order=ORDERS[order],
-            page_size=page_size,
-            page_token=page_token,
-        )
-        return self._call(self._analytics.ListEvents, request)
+    def events(self, **filters: Any) -> analytics_pb2.ListEventsResponse:
+        """One page of raw events; pass `next_page_token` back (with the same filters) for the next.
+
+        Filters are EventsQuestion's fields: days, user_id, model_checkpoint, event_type ("request", ...),
+        success, error_type, min_duration_ms, order ("newest" or "slowest"), page_size, page_token.
+        """
+        return self._ask("ListEvents", **{"page_size": 50, **filters})  # type: ignore[no-any-return]
 
     def iter_events(self, **filters: Any) -> Iterator[events_pb2.StoredEvent]:
         """Every event matching `filters` (the arguments of `events`), page after page."""
@@ -193,7 +167,7 @@ class AnalyticsClient:
                 return
 
     def top_users(self, days: int | None = None, limit: int | None = None) -> analytics_pb2.ListTopUsersResponse:
-        return self._call(self._analytics.ListTopUsers, analytics_pb2.ListTopUsersRequest(days=days, limit=limit))
+        return self._ask("ListTopUsers", days=days, limit=limit)  # type: ignore[no-any-return]
 
     # PipelineService
 

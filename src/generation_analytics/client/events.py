@@ -5,15 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from generation_analytics.v1 import events_pb2
+from generation_analytics.vocabulary import EventType
 
-EVENT_TYPES = {
-    "request": events_pb2.EVENT_TYPE_REQUEST,
-    "completion": events_pb2.EVENT_TYPE_COMPLETION,
-    "cancellation": events_pb2.EVENT_TYPE_CANCELLATION,
-}
 _SCALARS = (
     "generation_id", "user_id", "duration_ms", "success", "error_type", "error_message", "model_checkpoint",
     "generation_type", "queue_length", "queue_wait_time_ms", "generation_time_ms", "batch_size", "prompt_tokens",
@@ -42,14 +38,16 @@ def build_event(
     Raises:
         ValueError: an unknown event_type or field name.
     """
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"event_type must be one of {', '.join(EVENT_TYPES)}, not {event_type!r}")
+    try:
+        kind = EventType(event_type)
+    except ValueError:
+        raise ValueError(f"event_type must be one of {', '.join(EventType)}, not {event_type!r}") from None
     unknown = set(fields) - set(_SCALARS)
     if unknown:
         raise ValueError(f"unknown GenerationEvent fields: {', '.join(sorted(unknown))}")
     event = events_pb2.GenerationEvent(
         event_id=event_id or str(uuid.uuid4()),
-        event_type=EVENT_TYPES[event_type],
+        event_type=cast("events_pb2.EventType.ValueType", kind.to_proto()),
         **{k: v for k, v in fields.items() if v is not None},
     )
     if timestamp is None:

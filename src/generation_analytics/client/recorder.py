@@ -21,8 +21,9 @@ from typing import Any
 
 from generation_analytics.client.client import DEFAULT_TARGET, AnalyticsClient
 from generation_analytics.client.errors import AnalyticsClientError
-from generation_analytics.client.events import _SCALARS, EVENT_TYPES, build_event
+from generation_analytics.client.events import _SCALARS, build_event
 from generation_analytics.v1 import events_pb2
+from generation_analytics.vocabulary import EventType
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 _JITTER = random.SystemRandom()
 
 _FIELDS = frozenset(_SCALARS) | {"image_dimensions", "attributes", "event_id"}
+_EVENT_TYPES = frozenset(EventType)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class EventRecorder:
             ValueError: an unknown event type or field name (a programming error, caught early).
             RuntimeError: the recorder is closed.
         """
-        if event_type not in EVENT_TYPES or not fields.keys() <= _FIELDS | {"timestamp"}:
+        if event_type not in _EVENT_TYPES or not fields.keys() <= _FIELDS | {"timestamp"}:
             build_event(event_type, **fields)  # raises the precise ValueError
         if self._closing:
             raise RuntimeError("EventRecorder is closed")

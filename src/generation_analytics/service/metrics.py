@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from generation_analytics.service.status import StreamStatus
+from generation_analytics.service.queries.status import StreamStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -84,37 +84,59 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PipelineSettings:
-    """Transfer, aggregation and retention: batch sizes, budgets and schedules."""
+class ScheduleSettings:
+    """The in-process schedule of the pipeline jobs (the seed's cadence: transfer 600 s, aggregation 3600 s)."""
 
-    scheduler_enabled: bool = True
+    enabled: bool = True
     transfer_interval_s: float = 2.0
     aggregation_interval_s: float = 3.0
     retention_interval_s: float = 3600.0
-    transfer_batch_size: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferSettings:
+    """Transfer: stream -> Postgres."""
+
+    batch_size: int = 10_000
     # Threads storing batches in parallel (each on its own connection) while one thread decodes.
-    transfer_store_workers: int = 2
-    transfer_time_budget_s: float = 30.0
+    store_workers: int = 2
+    time_budget_s: float = 30.0
     # Entries a consumer left unacknowledged this long are taken over by another consumer.
     reclaim_idle_ms: int = 60_000
     # An entry delivered this many times without being stored is dead-lettered.
     max_deliveries: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class AggregationSettings:
+    """Aggregation: dirty hours -> rollups."""
+
     # Dirty hours recomputed per transaction (a failing batch is split down to the hour that fails).
-    aggregation_batch_hours: int = 48
-    aggregation_time_budget_s: float = 30.0
-    retention_days: int = 90
-    retention_batch_rows: int = 10_000
+    batch_hours: int = 48
+    time_budget_s: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetentionSettings:
+    """How long raw events are kept. Capture refuses older timestamps; aggregation keeps (never
+    recomputes) the rollups of hours older than this; retention deletes the raw rows."""
+
+    days: int = 90
+    batch_rows: int = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything the service needs, built once by `load_settings`."""
+    """Everything the service needs, built once by `load_settings`; each component receives its sections."""
 
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
 
@@ -141,17 +163,17 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_MAX_FUTURE_SKEW_S": ("limits", "max_future_skew_s"),
     "GA_MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
     "GA_MAX_STREAM_BACKLOG": ("limits", "max_stream_backlog"),
-    "GA_SCHEDULER_ENABLED": ("pipeline", "scheduler_enabled"),
-    "GA_TRANSFER_INTERVAL_S": ("pipeline", "transfer_interval_s"),
-    "GA_AGGREGATION_INTERVAL_S": ("pipeline", "aggregation_interval_s"),
-    "GA_RETENTION_INTERVAL_S": ("pipeline", "retention_interval_s"),
-    "GA_TRANSFER_BATCH_SIZE": ("pipeline", "transfer_batch_size"),
-    "GA_TRANSFER_TIME_BUDGET_S": ("pipeline", "transfer_time_budget_s"),
-    "GA_TRANSFER_STORE_WORKERS": ("pipeline", "transfer_store_workers"),
-    "GA_RECLAIM_IDLE_MS": ("pipeline", "reclaim_idle_ms"),
-    "GA_MAX_DELIVERIES": ("pipeline", "max_deliveries"),
-    "GA_AGGREGATION_BATCH_HOURS": ("pipeline", "aggregation_batch_hours"),
-    "GA_RETENTION_DAYS": ("pipeline", "retention_days"),
+    "GA_SCHEDULER_ENABLED": ("schedule", "enabled"),
+    "GA_TRANSFER_INTERVAL_S": ("schedule", "transfer_interval_s"),
+    "GA_AGGREGATION_INTERVAL_S": ("schedule", "aggregation_interval_s"),
+    "GA_RETENTION_INTERVAL_S": ("schedule", "retention_interval_s"),
+    "GA_TRANSFER_BATCH_SIZE": ("transfer", "batch_size"),
+    "GA_TRANSFER_TIME_BUDGET_S": ("transfer", "time_budget_s"),
+    "GA_TRANSFER_STORE_WORKERS": ("transfer", "store_workers"),
+    "GA_RECLAIM_IDLE_MS": ("transfer", "reclaim_idle_ms"),
+    "GA_MAX_DELIVERIES": ("transfer", "max_deliveries"),
+    "GA_AGGREGATION_BATCH_HOURS": ("aggregation", "batch_hours"),
+    "GA_RETENTION_DAYS": ("retention", "days"),
     "GA_DATA_DIR": ("", "data_dir"),
     "GA_LOG_LEVEL": ("", "log_level"),
 }
@@ -213,13 +235,16 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 
 __all__ = [
     "ENVIRONMENT",
+    "AggregationSettings",
     "LimitSettings",
-    "PipelineSettings",
     "PostgresSettings",
     "RedisSettings",
+    "RetentionSettings",
+    "ScheduleSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
+    "TransferSettings",
     "describe",
     "load_settings",
 ]

@@ -104,6 +104,14 @@ def user_set(encoded: Iterable[bytes | None]) -> BitMap:
     return BitMap.union(*sets) if sets else BitMap()
 
 
+def union_groups(rows: Iterable[tuple[K, bytes | None]]) -> dict[K, bytes]:
+    """User sets unioned per key (daily rollups of many keys at once)."""
+    groups: dict[K, list[bytes | None]] = {}
+    for key, blob in rows:
+        groups.setdefault(key, []).append(blob)
+    return {key: union(blobs) for key, blobs in groups.items()}
+
+
 def union(encoded: Iterable[bytes | None]) -> bytes:
     """The union of several serialised user sets, serialised (daily rollups)."""
     return serialize(user_set(encoded))

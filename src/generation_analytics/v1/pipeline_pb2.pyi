@@ -315,12 +315,18 @@ class RunAggregationResponse(_message.Message):
     DURATION_S_FIELD_NUMBER: _builtins.int
     REMAINING_DIRTY_HOURS_FIELD_NUMBER: _builtins.int
     FAILED_HOURS_FIELD_NUMBER: _builtins.int
+    SKIPPED_LOCKED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
     hours_aggregated: _builtins.int
     duration_s: _builtins.float
     remaining_dirty_hours: _builtins.int
     """Dirty hours still waiting (locked by another replica, failing, or beyond the time budget)."""
     failed_hours: _builtins.int
     """Hours whose recompute failed in this run (retried later with backoff; see GetPipelineStatus)."""
+    skipped_locked: _builtins.int
+    """Hours skipped because another aggregator was recomputing them (they stay dirty)."""
+    expired: _builtins.int
+    """Dirty hours older than retention: their rollups are kept, not recomputed."""
     def __init__(
         self,
         *,
@@ -328,10 +334,12 @@ class RunAggregationResponse(_message.Message):
         duration_s: _builtins.float = ...,
         remaining_dirty_hours: _builtins.int = ...,
         failed_hours: _builtins.int = ...,
+        skipped_locked: _builtins.int = ...,
+        expired: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_s", b"duration_s", "failed_hours", b"failed_hours", "hours_aggregated", b"hours_aggregated", "remaining_dirty_hours", b"remaining_dirty_hours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_s", b"duration_s", "expired", b"expired", "failed_hours", b"failed_hours", "hours_aggregated", b"hours_aggregated", "remaining_dirty_hours", b"remaining_dirty_hours", "skipped_locked", b"skipped_locked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 
+from generation_analytics.questions import EventsQuestion
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.queries.window import Window
+from generation_analytics.vocabulary import Order, Word
 
 
 @dataclass
@@ -66,20 +68,10 @@ async def recent_activity(
         return await cur.fetchall()
 
 
-@dataclass(frozen=True)
-class EventFilter:
-    """ListEvents' filters; None / "" means "any"."""
-
-    user_id: str | None = None
-    model_checkpoint: str | None = None
-    event_type: str | None = None
-    success: bool | None = None
-    error_type: str | None = None
-    min_duration_ms: int | None = None
-    order: str = "newest"  # or "slowest"
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+def _fingerprint(filters: EventsQuestion) -> str:
+    """What a page token is bound to: every filter and the order (not the paging fields)."""
+    bound = {name: getattr(filters, name) for name in (*_FILTER_CLAUSES, "order")}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -88,7 +80,7 @@ class EventPage:
     next_page_token: str
 
 
-# Each filter is a fixed clause with a bound parameter; only the set of clauses varies.
+# Each filter of EventsQuestion is a fixed clause with a bound parameter; only the set of clauses varies.
 _FILTER_CLAUSES = {
     "user_id": "user_id = %(user_id)s",
     "model_checkpoint": "model_checkpoint = %(model_checkpoint)s",
@@ -99,8 +91,8 @@ _FILTER_CLAUSES = {
 }
 _ORDERS = {
     # order: (extra condition, keyset condition, ORDER BY)
-    "newest": ("TRUE", "(timestamp, id) < (%(key)s::timestamptz, %(key_id)s)", "timestamp DESC, id DESC"),
-    "slowest": (
+    Order.NEWEST: ("TRUE", "(timestamp, id) < (%(key)s::timestamptz, %(key_id)s)", "timestamp DESC, id DESC"),
+    Order.SLOWEST: (
         "event_type = 'completion' AND duration_ms IS NOT NULL",
         "(duration_ms, id) < (%(key)s::bigint, %(key_id)s)",
         "duration_ms DESC, id DESC",
@@ -108,39 +100,45 @@ _ORDERS = {
 }
 
 
-def _encode_token(window: Window, filters: EventFilter, key: Any, key_id: int) -> str:
+def _encode_token(window: Window, filters: EventsQuestion, key: Any, key_id: int) -> str:
     payload = {
         "v": 1,
         "s": window.start.isoformat(),
         "e": window.end.isoformat(),
-        "f": filters.fingerprint(),
+        "f": _fingerprint(filters),
         "k": key.isoformat() if isinstance(key, datetime) else key,
         "i": key_id,
     }
     return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_token(token: str, filters: EventFilter, days: int) -> tuple[Window, Any, int]:
+def decode_token(token: str, filters: EventsQuestion, days: int) -> tuple[Window, Any, int]:
     """The window and keyset position a page token continues from."""
     try:
         payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         window = Window(days=days, start=datetime.fromisoformat(payload["s"]), end=datetime.fromisoformat(payload["e"]))
-        key = datetime.fromisoformat(payload["k"]) if filters.order == "newest" else int(payload["k"])
+        key = datetime.fromisoformat(payload["k"]) if filters.order is Order.NEWEST else int(payload["k"])
         key_id = int(payload["i"])
         fingerprint = payload["f"]
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidArgument("page_token", f"not a token this service issued ({type(exc).__name__})") from None
-    if fingerprint != filters.fingerprint():
+    if fingerprint != _fingerprint(filters):
         raise InvalidArgument("page_token", "was issued for different filters or order")
     return window, key, key_id
 
 
 async def list_events(
-    conn: AsyncConnection[Any], window: Window, filters: EventFilter, *, page_size: int, page_token: str = ""
+    conn: AsyncConnection[Any], window: Window, filters: EventsQuestion, *, page_size: int
 ) -> EventPage:
-    params: dict[str, Any] = {k: v for k, v in asdict(filters).items() if v is not None}
+    """A page of the events matching `filters` (checked already), continuing from its page_token."""
+    params: dict[str, Any] = {}
+    for name in _FILTER_CLAUSES:
+        value = getattr(filters, name)
+        if value is not None and value != "":
+            params[name] = value.value if isinstance(value, Word) else value
     key: Any = None
     key_id = 0
+    page_token = filters.page_token
     if page_token:
         window, key, key_id = decode_token(page_token, filters, window.days)
     order_condition, keyset_condition, order_by = _ORDERS[filters.order]
@@ -160,6 +158,6 @@ async def list_events(
         rows = rows[:page_size]
         last = rows[-1]
         next_token = _encode_token(
-            window, filters, last.timestamp if filters.order == "newest" else last.duration_ms, last.id
+            window, filters, last.timestamp if filters.order is Order.NEWEST else last.duration_ms, last.id
         )
     return EventPage(events=rows, next_page_token=next_token)

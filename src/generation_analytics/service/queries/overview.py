@@ -10,8 +10,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from generation_analytics.service.hours import day_start
 from generation_analytics.service.queries.totals import Totals, add_row, build
-from generation_analytics.service.queries.window import Window, day_start
+from generation_analytics.service.queries.window import Window
+from generation_analytics.vocabulary import Interval
 
 HOURLY_ROWS = """
 SELECT timestamp AS hour, total_requests AS requests, successful_generations AS successes,
@@ -108,7 +110,7 @@ class TrendPoint:
 
 @dataclass
 class Trends:
-    interval: str
+    interval: Interval
     lookback_days: int
     total_data_points: int
     data_points: list[TrendPoint] = field(default_factory=list)
@@ -133,11 +135,11 @@ def _point(start: datetime, totals: Totals, percentiles: list[float], unique_use
     )
 
 
-async def trends(conn: AsyncConnection[Any], window: Window, *, interval: str) -> Trends:
+async def trends(conn: AsyncConnection[Any], window: Window, *, interval: Interval) -> Trends:
     """Zero-filled hourly or daily buckets; an hour's percentiles are exact, a day's within 1%."""
     rows = await hourly_rows(conn, window)
     points: list[TrendPoint] = []
-    if interval == "hourly":
+    if interval is Interval.HOURLY:
         by_hour = {row["hour"]: row for row in rows}
         for hour in window.hours:
             row = by_hour.get(hour)

@@ -85,7 +85,7 @@ class Totals:
         return sketches.quantiles(sketches.merge(self.hists), qs)
 
     def figures(self, *percentiles: int) -> dict[str, Any]:
-        """The figures under their API names (DESIGN.md §3), with the pNN_duration_ms asked for."""
+        """The figures under their API names (docs/design.md §3), with the pNN_duration_ms asked for."""
         values = self.percentiles(*(p / 100 for p in percentiles)) if percentiles else []
         return {
             "total_requests": self.requests,
@@ -106,8 +106,15 @@ T = TypeVar("T")
 
 
 def build(cls: type[T], figures: dict[str, Any], **fields: Any) -> T:
-    """An instance of the result dataclass `cls` from the `figures` it has fields for, plus `fields`."""
+    """An instance of the result dataclass `cls` from the `figures` it has fields for, plus `fields`.
+
+    Every field of `cls` must come from one or the other: a field renamed on either side raises
+    instead of silently taking its default.
+    """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    missing = names - set(figures) - set(fields)
+    if missing:
+        raise TypeError(f"{cls.__name__}: no figure or value for {sorted(missing)}")
     return cls(**{k: v for k, v in figures.items() if k in names}, **fields)
 
 

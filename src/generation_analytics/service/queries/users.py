@@ -10,9 +10,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from generation_analytics.service.hours import day_start
 from generation_analytics.service.queries.events import EventRecord, recent_activity
 from generation_analytics.service.queries.totals import Totals, add_row, build
-from generation_analytics.service.queries.window import Window, day_start
+from generation_analytics.service.queries.window import Window
 
 USER_ROWS = """
 SELECT h.hour, h.total_requests AS requests, h.successful_generations AS successes,

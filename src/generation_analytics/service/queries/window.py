@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from generation_analytics.service.errors import InvalidArgument
-from generation_analytics.service.validation import canonical_uuid
+from generation_analytics.service.hours import DAY, HOUR, day_start, hour_floor
+from generation_analytics.service.ingest.validation import canonical_uuid
 
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
 MAX_DAYS = 365
 
 
@@ -78,14 +77,6 @@ def daily_split(window: Window) -> DailySplit:
 
 # The hourly part of a DailySplit, for a table whose hour column is `hour`.
 SPLIT_HOURS = "(hour >= %(head_start)s AND hour < %(head_end)s) OR (hour >= %(tail_start)s AND hour < %(tail_end)s)"
-
-
-def hour_floor(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def window(days: int | None, *, default: int, now: datetime | None = None, field: str = "days") -> Window:

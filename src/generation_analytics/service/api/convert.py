@@ -1,22 +1,27 @@
-"""Conversions between the service's plain values and protobuf messages (the edge of the server)."""
+"""Conversions between the service's plain values and protobuf messages (the edge of the server).
+
+Strict both ways: a result dataclass converts to its message only when their field names match exactly,
+and a request converts to its question only through `generation_analytics.questions`; a field renamed on
+one side fails loudly (and in tests/test_contract.py) instead of becoming a silent zero.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from generation_analytics.service.codec import EVENT_TYPE_NAMES
+from generation_analytics.questions import Question, from_request
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.queries.events import EventRecord
-from generation_analytics.service.status import JobRunStatus, PipelineStatus
+from generation_analytics.service.queries.status import JobRunStatus, PipelineStatus
 from generation_analytics.v1 import events_pb2, pipeline_pb2
+from generation_analytics.vocabulary import WORDS_BY_PROTO, EventType, UnknownValue, Word
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -40,7 +45,7 @@ def stored_event(record: EventRecord) -> events_pb2.StoredEvent:
     """A generation_events row as a StoredEvent (NULL columns leave fields unset)."""
     event = events_pb2.GenerationEvent(
         event_id=record.event_id,
-        event_type=EVENT_TYPE_VALUES[record.event_type],
+        event_type=cast("events_pb2.EventType.ValueType", EventType(record.event_type).to_proto()),
         generation_id=record.generation_id,
         user_id=record.user_id,
         timestamp=timestamp(record.timestamp),
@@ -63,28 +68,48 @@ def stored_event(record: EventRecord) -> events_pb2.StoredEvent:
 _OPTIONAL_EVENT_FIELDS = (
     "duration_ms", "success", "queue_length", "queue_wait_time_ms", "generation_time_ms", "batch_size", "prompt_tokens",
 )  # fmt: skip
-EVENT_TYPE_VALUES = {name: value for value, name in EVENT_TYPE_NAMES.items()}
 _SPECIAL: dict[str, Callable[[Any], Message]] = {"generation_analytics.v1.StoredEvent": stored_event}
 
 M = TypeVar("M", bound=Message)
+Q = TypeVar("Q", bound=Question)
 
 
-def _enum_value(descriptor: EnumDescriptor, name: str) -> int:
-    """'hourly' -> INTERVAL_HOURLY: the service's lower-case names, with the enum's prefix."""
-    prefix = descriptor.values[0].name.removesuffix("UNSPECIFIED")
-    return descriptor.values_by_name[prefix + name.upper()].number
+class UnmatchedField(TypeError):
+    """A result dataclass and a message that disagree on a field name (a bug, never the caller's fault)."""
+
+
+def to_question(question: type[Q], request: Message) -> Q:
+    """The question a request asks; an enum number the contract does not know is INVALID_ARGUMENT."""
+    try:
+        return from_request(question, request)
+    except UnknownValue as exc:
+        raise InvalidArgument(exc.field, str(exc)) from None
+
+
+def unmatched(names: set[str], message_cls: type[Message] | Any) -> tuple[set[str], set[str]]:
+    """(names the message lacks, message fields the names lack)."""
+    message_names = set(message_cls.DESCRIPTOR.fields_by_name)
+    return names - message_names, message_names - names
 
 
 def to_message(obj: Any, message_cls: type[M]) -> M:
-    """Build a message from a dataclass whose field names are the message's (the query results)."""
+    """Build a message from a dataclass whose field names are exactly the message's (the query results).
+
+    Raises:
+        UnmatchedField: a field of one has no counterpart in the other.
+    """
+    extra, missing = unmatched({f.name for f in dataclasses.fields(obj)}, message_cls)
+    if extra or missing:
+        raise UnmatchedField(
+            f"{type(obj).__name__} -> {message_cls.DESCRIPTOR.name}: "
+            f"no message field for {sorted(extra)}, no result field for {sorted(missing)}"
+        )
     fields_by_name = message_cls.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
-        descriptor = fields_by_name.get(f.name)
         value = getattr(obj, f.name)
-        if descriptor is None or value is None:
-            continue
-        kwargs[f.name] = _field_value(descriptor, value)
+        if value is not None:
+            kwargs[f.name] = _field_value(fields_by_name[f.name], value)
     return message_cls(**kwargs)
 
 
@@ -97,8 +122,9 @@ def _field_value(descriptor: Any, value: Any) -> Any:
 def _single_value(descriptor: Any, value: Any) -> Any:
     if isinstance(value, datetime):
         return timestamp(value)
-    if descriptor.enum_type is not None and isinstance(value, str):
-        return _enum_value(descriptor.enum_type, value)
+    if descriptor.enum_type is not None:
+        word = value if isinstance(value, Word) else WORDS_BY_PROTO[descriptor.enum_type.full_name](value)
+        return word.to_proto()
     if descriptor.message_type is not None and dataclasses.is_dataclass(value):
         special = _SPECIAL.get(descriptor.message_type.full_name)
         if special:

@@ -14,10 +14,9 @@ from typing import Any
 
 from generation_analytics.service.settings import LimitSettings
 from generation_analytics.v1 import events_pb2
+from generation_analytics.vocabulary import EventType
 
-KNOWN_EVENT_TYPES = frozenset(
-    {events_pb2.EVENT_TYPE_REQUEST, events_pb2.EVENT_TYPE_COMPLETION, events_pb2.EVENT_TYPE_CANCELLATION}
-)
+KNOWN_EVENT_TYPES = frozenset(t.to_proto() for t in EventType)
 _SHORT_STRINGS = ("generation_id", "error_type", "model_checkpoint", "generation_type")
 _NON_NEGATIVE: tuple[Any, ...] = (
     "duration_ms",

@@ -9,9 +9,6 @@ hourly rows changed, summed from the hourly rows, under the rollup lock.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
-from datetime import date
 from typing import Any
 
 import psycopg
@@ -70,7 +67,7 @@ def create_agg_events(cur: Cursor, params: dict[str, Any]) -> None:
 
 # A histogram (sketches.py) from (bucket, n) rows: big-endian (int2 bucket, int4 count) pairs.
 HIST = "string_agg(int2send(bucket::int2) || int4send(n::int4), ''::bytea ORDER BY bucket)"
-# The additive figures every rollup row of agg_events has (DESIGN.md §3), as one SQL fragment.
+# The additive figures every rollup row of agg_events has (docs/design.md §3), as one SQL fragment.
 COUNTS = """count(*) FILTER (WHERE event_type = 'request') AS requests,
            count(*) FILTER (WHERE event_type = 'completion' AND success) AS successes,
            count(*) FILTER (WHERE failed) AS failures,
@@ -240,16 +237,27 @@ CROSS JOIN LATERAL generate_series(
     t.day::timestamp AT TIME ZONE 'UTC', t.day::timestamp AT TIME ZONE 'UTC' + interval '23 hours', interval '1 hour'
 ) AS h(hour)
 """
-SELECT_MODEL_DAY_HISTS = f"""
-SELECT k.day, k.key, m.duration_hist
+
+
+def _touched_blobs(hourly: str, key: str, blob: str) -> str:
+    """The (day, key, blob) of each hourly row behind a touched pair (blobs are merged in Python)."""
+    return f"""
+SELECT k.day, k.key, h.{blob}
 FROM ({TOUCHED_HOURS}) AS k
-JOIN generation_model_metrics_hourly AS m ON m.hour = k.hour AND m.model_checkpoint = k.key
+JOIN {hourly} AS h ON h.hour = k.hour AND h.{key} = k.key
 """
-DELETE_MODEL_DAYS = """
-DELETE FROM generation_model_metrics_daily AS d
-USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = 'model') AS t
-WHERE d.day = t.day AND d.model_checkpoint = t.key
+
+
+def _delete_touched(daily: str, key: str) -> str:
+    return f"""
+DELETE FROM {daily} AS d
+USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = %(kind)s) AS t
+WHERE d.day = t.day AND d.{key} = t.key
 """
+
+
+SELECT_MODEL_DAY_HISTS = _touched_blobs("generation_model_metrics_hourly", "model_checkpoint", "duration_hist")
+DELETE_MODEL_DAYS = _delete_touched("generation_model_metrics_daily", "model_checkpoint")
 INSERT_MODEL_DAYS = f"""
 INSERT INTO generation_model_metrics_daily (
     day, model_checkpoint, total_requests, successful_generations, failed_generations, cancelled_generations,
@@ -263,20 +271,12 @@ FROM (
     JOIN generation_model_metrics_hourly AS m ON m.hour = k.hour AND m.model_checkpoint = k.key
     GROUP BY k.day, k.key
 ) AS s
-LEFT JOIN unnest(%(hist_days)s::date[], %(hist_keys)s::text[], %(hists)s::bytea[]) AS x(day, key, hist)
+LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, key, hist)
     USING (day, key)
 """
 
-SELECT_ERROR_DAY_SETS = f"""
-SELECT k.day, k.key, e.user_bitmap
-FROM ({TOUCHED_HOURS}) AS k
-JOIN generation_error_metrics_hourly AS e ON e.hour = k.hour AND e.error_type = k.key
-"""
-DELETE_ERROR_DAYS = """
-DELETE FROM generation_error_metrics_daily AS d
-USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = 'error') AS t
-WHERE d.day = t.day AND d.error_type = t.key
-"""
+SELECT_ERROR_DAY_SETS = _touched_blobs("generation_error_metrics_hourly", "error_type", "user_bitmap")
+DELETE_ERROR_DAYS = _delete_touched("generation_error_metrics_daily", "error_type")
 INSERT_ERROR_DAYS = f"""
 WITH hours AS (
     SELECT k.day, e.* FROM ({TOUCHED_HOURS}) AS k
@@ -302,41 +302,31 @@ LEFT JOIN (
           FROM hours, jsonb_each_text(model_counts) AS kv GROUP BY 1, 2, 3) AS per_model
     GROUP BY 1, 2
 ) AS c USING (day, error_type)
-LEFT JOIN unnest(%(set_days)s::date[], %(set_keys)s::text[], %(sets)s::bytea[]) AS x(day, error_type, bitmap)
+LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, error_type, bitmap)
     USING (day, error_type)
 """
 
 
+# Daily rows per kind: the hourly blobs to merge, how (histograms summed, user sets unioned), the rows
+# to replace, and the insert that sums the rest in SQL.
+DAILY = {
+    "model": (SELECT_MODEL_DAY_HISTS, sketches.compact_groups, DELETE_MODEL_DAYS, INSERT_MODEL_DAYS),
+    "error": (SELECT_ERROR_DAY_SETS, sketches.union_groups, DELETE_ERROR_DAYS, INSERT_ERROR_DAYS),
+}
+
+
 def write_days(cur: Cursor) -> None:
     """Replace the daily rows of every touched (day, checkpoint) and (day, error type), from the hourly rows."""
-    cur.execute(SELECT_MODEL_DAY_HISTS, {"kind": "model"})
-    hists = sketches.compact_groups(((day, key), hist) for day, key, hist in cur.fetchall())
-    cur.execute(DELETE_MODEL_DAYS)
-    cur.execute(
-        INSERT_MODEL_DAYS,
-        {
-            "kind": "model",
-            "hist_days": [day for day, _ in hists],
-            "hist_keys": [key for _, key in hists],
-            "hists": list(hists.values()),
-        },
-    )
-    cur.execute(SELECT_ERROR_DAY_SETS, {"kind": "error"})
-    sets = _unions(cur.fetchall())
-    cur.execute(DELETE_ERROR_DAYS)
-    cur.execute(
-        INSERT_ERROR_DAYS,
-        {
-            "kind": "error",
-            "set_days": [day for day, _ in sets],
-            "set_keys": [key for _, key in sets],
-            "sets": list(sets.values()),
-        },
-    )
-
-
-def _unions(rows: Sequence[tuple[date, str, bytes]]) -> dict[tuple[date, str], bytes]:
-    groups: dict[tuple[date, str], list[bytes]] = defaultdict(list)
-    for day, key, blob in rows:
-        groups[(day, key)].append(blob)
-    return {k: sketches.union(blobs) for k, blobs in groups.items()}
+    for kind, (select_blobs, merge, delete, insert) in DAILY.items():
+        cur.execute(select_blobs, {"kind": kind})
+        blobs = merge(((day, key), blob) for day, key, blob in cur.fetchall())
+        cur.execute(delete, {"kind": kind})
+        cur.execute(
+            insert,
+            {
+                "kind": kind,
+                "blob_days": [day for day, _ in blobs],
+                "blob_keys": [key for _, key in blobs],
+                "blobs": list(blobs.values()),
+            },
+        )

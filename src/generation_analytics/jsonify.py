@@ -3,7 +3,7 @@
 Unlike protobuf's JSON mapping (int64 as strings, zero values omitted, enum names like
 INTERVAL_HOURLY), this renders what the seed document's API examples read: `data['total_requests']`
 is an int, `interval` is "hourly", and a StoredEvent is one flat row like the seed's raw-row queries.
-Used by the CLI's --json and by the HTTP gateway.
+Shared by the CLI's --json and the HTTP gateway (so it lives beside both, not in either).
 """
 
 from __future__ import annotations
@@ -12,19 +12,11 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from generation_analytics.vocabulary import label
+
 _TIMESTAMP = "google.protobuf.Timestamp"
 _STORED_EVENT = "generation_analytics.v1.StoredEvent"
 _GENERATION_EVENT = "generation_analytics.v1.GenerationEvent"
-
-
-def enum_label(field: Any, number: int) -> str:
-    """INTERVAL_HOURLY -> "hourly"; unknown numbers stay numbers as text."""
-    values = field.enum_type.values
-    prefix = values[0].name.removesuffix("UNSPECIFIED")
-    value = field.enum_type.values_by_number.get(number)
-    if value is None:
-        return str(number)
-    return "" if value.number == 0 else value.name.removeprefix(prefix).lower()
 
 
 def to_jsonable(message: Message) -> dict[str, Any]:
@@ -55,7 +47,7 @@ def _single(field: Any, value: Any) -> Any:
             return value.ToJsonString()
         return to_jsonable(value)
     if field.enum_type is not None:
-        return enum_label(field, value)
+        return label(field.enum_type, value)
     return value
 
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
-from generation_analytics.service.keys import TRANSFER_GROUP, StreamKeys
+from generation_analytics.service.stream import TRANSFER_GROUP, StreamKeys, group_backlog, transfer_group
 
 
 @dataclass
@@ -86,7 +86,7 @@ async def stream_status(client: aioredis.Redis, keys: StreamKeys) -> StreamStatu
         status.undelivered = status.length
         status.oldest_untransferred_at = _id_time(first[0][0]) if first else None
         return status
-    group = next((g for g in groups if _text(g["name"]) == TRANSFER_GROUP), None)
+    group = transfer_group(groups)
     last_delivered = _text(group["last-delivered-id"]) if group else "0-0"
     status.pending = int(summary["pending"])
     lag = group.get("lag") if group else None
@@ -103,13 +103,10 @@ async def stream_status(client: aioredis.Redis, keys: StreamKeys) -> StreamStatu
 async def stream_backlog(client: aioredis.Redis, keys: StreamKeys) -> int:
     """Events accepted but not yet stored: pending + undelivered, in one round trip when Redis >= 7."""
     try:
-        groups: Any = await client.xinfo_groups(keys.stream)
-    except redis.exceptions.ResponseError:  # no stream / group yet
-        return int(await client.xlen(keys.stream))
-    group = next((g for g in groups if _text(g["name"]) == TRANSFER_GROUP), None)
-    if group is None or group.get("lag") is None:
-        return int(await client.xlen(keys.stream))
-    return int(group["lag"]) + int(group["pending"])
+        backlog = group_backlog(transfer_group(await client.xinfo_groups(keys.stream)))
+    except redis.exceptions.ResponseError:  # no stream yet
+        backlog = None
+    return int(await client.xlen(keys.stream)) if backlog is None else backlog
 
 
 DATABASE_STATUS = """

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -25,9 +25,8 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from psycopg_pool import AsyncConnectionPool
 
-from generation_analytics.service.capture import EventCapture
-from generation_analytics.service.codec import EVENT_TYPE_NAMES
-from generation_analytics.service.convert import from_timestamp, pipeline_status_message, to_message
+from generation_analytics.questions import QUESTIONS
+from generation_analytics.service.api.convert import from_timestamp, pipeline_status_message, to_message, to_question
 from generation_analytics.service.errors import (
     AnalyticsError,
     InvalidArgument,
@@ -35,14 +34,14 @@ from generation_analytics.service.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from generation_analytics.service.keys import StreamKeys
+from generation_analytics.service.ingest.capture import EventCapture
 from generation_analytics.service.metrics import ServiceMetrics
-from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.queries import AnalyticsQueries
-from generation_analytics.service.status import pipeline_status
+from generation_analytics.service.pipeline.worker import Pipeline
+from generation_analytics.service.queries.service import AnalyticsQueries
+from generation_analytics.service.queries.status import pipeline_status
+from generation_analytics.service.stream import StreamKeys
 from generation_analytics.v1 import (
     analytics_pb2,
-    analytics_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     pipeline_pb2,
@@ -218,16 +217,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self, request: pipeline_pb2.RunTransferRequest, context: Context
     ) -> pipeline_pb2.RunTransferResponse:
         report = await asyncio.to_thread(self._pipeline.run_transfer)
-        return pipeline_pb2.RunTransferResponse(
-            read_entries=report.read_entries,
-            inserted=report.inserted,
-            duplicates=report.duplicates,
-            dead_lettered=report.dead_lettered,
-            reclaimed=report.reclaimed,
-            batches=report.batches,
-            duration_s=report.duration_s,
-            remaining=report.remaining,
-        )
+        return to_message(report, pipeline_pb2.RunTransferResponse)
 
     @grpc_errors
     async def RunAggregation(
@@ -246,109 +236,32 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             if end - start > MAX_AGGREGATION_RANGE:
                 raise InvalidArgument("end_hour", f"range longer than {MAX_AGGREGATION_RANGE.days} days")
         report = await asyncio.to_thread(self._pipeline.run_aggregation, start, end)
-        return pipeline_pb2.RunAggregationResponse(
-            hours_aggregated=report.hours_aggregated,
-            duration_s=report.duration_s,
-            remaining_dirty_hours=report.remaining_dirty_hours,
-            failed_hours=report.failed_hours,
-        )
+        return to_message(report, pipeline_pb2.RunAggregationResponse)
 
 
-def _optional(request: Any, name: str) -> Any:
-    return getattr(request, name) if request.HasField(name) else None
+_ANALYTICS = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
 
 
-def _enum_name(value: int, names: Mapping[Any, str], field: str) -> str:
-    try:
-        return names[value]
-    except KeyError:
-        raise InvalidArgument(field, f"unknown value {value}") from None
+def _answering(rpc: str) -> Handler[Message, Message]:
+    """The servicer method of an AnalyticsService RPC: request -> question -> answer -> response."""
+    question_cls = QUESTIONS[rpc]
+    response_cls = GetMessageClass(_ANALYTICS.methods_by_name[rpc].output_type)
+
+    async def method(self: AnalyticsServicer, request: Message, context: Context) -> Message:
+        return to_message(await self.queries.answer(to_question(question_cls, request)), response_cls)
+
+    method.__name__ = method.__qualname__ = rpc
+    return grpc_errors(method)
 
 
-INTERVAL_NAMES: dict[int, str] = {
-    analytics_pb2.INTERVAL_UNSPECIFIED: "hourly",
-    analytics_pb2.INTERVAL_HOURLY: "hourly",
-    analytics_pb2.INTERVAL_DAILY: "daily",
-}
-ORDER_NAMES: dict[int, str] = {
-    analytics_pb2.EVENT_ORDER_UNSPECIFIED: "newest",
-    analytics_pb2.EVENT_ORDER_NEWEST: "newest",
-    analytics_pb2.EVENT_ORDER_SLOWEST: "slowest",
-}
-EVENT_TYPE_FILTERS: dict[Any, str] = {events_pb2.EVENT_TYPE_UNSPECIFIED: "", **EVENT_TYPE_NAMES}
-
-
-class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    """AnalyticsService: requests to `AnalyticsQueries` arguments, results to messages."""
+class AnalyticsServicer:
+    """AnalyticsService: every RPC is one question of `generation_analytics.questions`, answered by
+    `AnalyticsQueries`; its methods are made from the service descriptor, so none can be forgotten."""
 
     def __init__(self, queries: AnalyticsQueries, metrics: ServiceMetrics | None = None) -> None:
-        self._queries = queries
+        self.queries = queries
         self.metrics = metrics
 
-    @grpc_errors
-    async def GetOverview(
-        self, request: analytics_pb2.GetOverviewRequest, context: Context
-    ) -> analytics_pb2.GetOverviewResponse:
-        result = await self._queries.overview(days=_optional(request, "days"))
-        return to_message(result, analytics_pb2.GetOverviewResponse)
 
-    @grpc_errors
-    async def GetTrends(
-        self, request: analytics_pb2.GetTrendsRequest, context: Context
-    ) -> analytics_pb2.GetTrendsResponse:
-        interval = _enum_name(request.interval, INTERVAL_NAMES, "interval")
-        result = await self._queries.trends(days=_optional(request, "days"), interval=interval)
-        return to_message(result, analytics_pb2.GetTrendsResponse)
-
-    @grpc_errors
-    async def GetUserAnalytics(
-        self, request: analytics_pb2.GetUserAnalyticsRequest, context: Context
-    ) -> analytics_pb2.GetUserAnalyticsResponse:
-        result = await self._queries.user(request.user_id, days=_optional(request, "days"))
-        return to_message(result, analytics_pb2.GetUserAnalyticsResponse)
-
-    @grpc_errors
-    async def GetModelPerformance(
-        self, request: analytics_pb2.GetModelPerformanceRequest, context: Context
-    ) -> analytics_pb2.GetModelPerformanceResponse:
-        result = await self._queries.models(days=_optional(request, "days"))
-        return to_message(result, analytics_pb2.GetModelPerformanceResponse)
-
-    @grpc_errors
-    async def GetFailureAnalysis(
-        self, request: analytics_pb2.GetFailureAnalysisRequest, context: Context
-    ) -> analytics_pb2.GetFailureAnalysisResponse:
-        result = await self._queries.failures(days=_optional(request, "days"))
-        return to_message(result, analytics_pb2.GetFailureAnalysisResponse)
-
-    @grpc_errors
-    async def GetPeakHours(
-        self, request: analytics_pb2.GetPeakHoursRequest, context: Context
-    ) -> analytics_pb2.GetPeakHoursResponse:
-        result = await self._queries.peak_hours(days=_optional(request, "days"))
-        return to_message(result, analytics_pb2.GetPeakHoursResponse)
-
-    @grpc_errors
-    async def ListEvents(
-        self, request: analytics_pb2.ListEventsRequest, context: Context
-    ) -> analytics_pb2.ListEventsResponse:
-        page = await self._queries.events(
-            days=_optional(request, "days"),
-            user_id=request.user_id,
-            model_checkpoint=request.model_checkpoint,
-            event_type=_enum_name(request.event_type, EVENT_TYPE_FILTERS, "event_type"),
-            success=_optional(request, "success"),
-            error_type=request.error_type,
-            min_duration_ms=_optional(request, "min_duration_ms"),
-            order=_enum_name(request.order, ORDER_NAMES, "order"),
-            page_size=request.page_size or None,
-            page_token=request.page_token,
-        )
-        return to_message(page, analytics_pb2.ListEventsResponse)
-
-    @grpc_errors
-    async def ListTopUsers(
-        self, request: analytics_pb2.ListTopUsersRequest, context: Context
-    ) -> analytics_pb2.ListTopUsersResponse:
-        result = await self._queries.top_users(days=_optional(request, "days"), limit=_optional(request, "limit"))
-        return to_message(result, analytics_pb2.ListTopUsersResponse)
+for _rpc in QUESTIONS:
+    setattr(AnalyticsServicer, _rpc, _answering(_rpc))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg_pool import ConnectionPool
 
-from generation_analytics.service.settings import PipelineSettings
+from generation_analytics.service.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ class RetentionReport:
         return self.deleted
 
 
-def prune(pool: ConnectionPool, pipeline: PipelineSettings, *, now: datetime | None = None) -> RetentionReport:
-    """Delete raw events (and dead letters) older than `retention_days`."""
+def prune(pool: ConnectionPool, settings: RetentionSettings, *, now: datetime | None = None) -> RetentionReport:
+    """Delete raw events (and dead letters) older than `settings.days`."""
     started = time.monotonic()
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=pipeline.retention_days)
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=settings.days)
     report = RetentionReport()
     with pool.connection() as conn:
         conn.autocommit = True
@@ -49,11 +49,9 @@ def prune(pool: ConnectionPool, pipeline: PipelineSettings, *, now: datetime | N
                 return report
             try:
                 while True:
-                    deleted = conn.execute(
-                        DELETE_OLD_EVENTS, {"cutoff": cutoff, "limit": pipeline.retention_batch_rows}
-                    ).rowcount
+                    deleted = conn.execute(DELETE_OLD_EVENTS, {"cutoff": cutoff, "limit": settings.batch_rows}).rowcount
                     report.deleted += deleted
-                    if deleted < pipeline.retention_batch_rows:
+                    if deleted < settings.batch_rows:
                         break
                 conn.execute(DELETE_OLD_DEAD_LETTERS, {"cutoff": cutoff})
             finally:

@@ -6,43 +6,21 @@ recording keeps working while Postgres is slow or down; transfer catches up late
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from generation_analytics.service.errors import InvalidArgument, ResourceExhausted, Unavailable
-from generation_analytics.service.keys import EVENT_FIELD, StreamKeys
-from generation_analytics.service.redis_link import RedisLink
-from generation_analytics.service.settings import LimitSettings
-from generation_analytics.service.validation import check_new_event
+from generation_analytics.service.ingest.redis_link import RedisLink
+from generation_analytics.service.ingest.validation import check_new_event
+from generation_analytics.service.settings import LimitSettings, RedisSettings, RetentionSettings
+from generation_analytics.service.stream import APPEND_EVENTS_LUA, APPEND_EVENTS_SHA, StreamKeys
 from generation_analytics.v1 import events_pb2
 
 log = logging.getLogger(__name__)
-
-# Appends ARGV[2..] as entries {e: ARGV[i]} to the stream KEYS[1], all or none, unless the stream
-# already holds more than ARGV[1] entries (the backlog cap), in which case it adds nothing and
-# answers the error BACKLOG. One round trip and one command per batch: atomic (a retry after a
-# failure cannot half-apply) and far cheaper to encode client-side than one XADD per event.
-# Returns the number of entries added. Called by SHA (EVALSHA), loaded on first NOSCRIPT.
-APPEND_EVENTS_LUA = """
-local max_backlog = tonumber(ARGV[1])
-if redis.call('XLEN', KEYS[1]) > max_backlog then
-  return redis.error_reply('BACKLOG stream holds more than ' .. ARGV[1] .. ' entries')
-end
-for i = 2, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
-end
-return #ARGV - 1
-"""
-APPEND_EVENTS_SHA = hashlib.sha1(APPEND_EVENTS_LUA.encode()).hexdigest()
-assert EVENT_FIELD == b"e", "APPEND_EVENTS_LUA writes the field name literally"
 
 
 @dataclass
@@ -61,18 +39,12 @@ class EventCapture:
     """Validates events and appends them to `{ns}:generation_events:stream`."""
 
     def __init__(
-        self,
-        *,
-        redis_url: str,
-        keys: StreamKeys,
-        limits: LimitSettings,
-        retention_days: int,
-        timeout_s: float,
+        self, *, redis: RedisSettings, keys: StreamKeys, limits: LimitSettings, retention: RetentionSettings
     ) -> None:
-        self._link = RedisLink(redis_url, timeout_s=timeout_s)
+        self._link = RedisLink(redis.url, timeout_s=redis.socket_timeout_s)
         self._keys = keys
         self._limits = limits
-        self._retention_s = retention_days * 86_400
+        self._retention_s = retention.days * 86_400  # older timestamps are refused: nothing would keep them
 
     async def record(self, event: events_pb2.GenerationEvent) -> str:
         """Validate and append one event; returns its event_id.
@@ -128,14 +100,3 @@ class EventCapture:
 
     async def close(self) -> None:
         await self._link.close()
-
-
-def connect_redis(url: str, *, timeout_s: float) -> aioredis.Redis:
-    """An asyncio Redis client that fails within `timeout_s` instead of retrying or hanging."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )

@@ -1,14 +1,17 @@
 """HTTP JSON gateway: the seed document's REST paths, answered by the same query code as gRPC.
 
-Responses are the RPCs' messages rendered by `client.jsonify`: proto field names, every field present,
-numbers as JSON numbers, RFC 3339 times. Bad parameters answer 400 with
+Each path asks one question of `generation_analytics.questions`, read from the query string by the
+question's field types; responses are the RPCs' messages rendered by `generation_analytics.jsonify`:
+proto field names, every field present, numbers as JSON numbers, RFC 3339 times. Bad parameters answer 400 with
 `{"error": {"code": "INVALID_ARGUMENT", "field": ..., "message": ...}}`; other failures use the same
 exception -> status mapping as gRPC (rpc.status_for), translated to HTTP once here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,14 +20,17 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 
-from generation_analytics.client.jsonify import to_jsonable
-from generation_analytics.service.convert import pipeline_status_message, to_message
+from generation_analytics.jsonify import to_jsonable
+from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, field_type
+from generation_analytics.service.api.convert import pipeline_status_message, to_message
+from generation_analytics.service.api.rpc import status_for
+from generation_analytics.service.api.runtime import Runtime
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.metrics import CONTENT_TYPE
-from generation_analytics.service.rpc import status_for
-from generation_analytics.service.runtime import Runtime
-from generation_analytics.service.status import pipeline_status, stream_status
+from generation_analytics.service.queries.service import AnalyticsQueries
+from generation_analytics.service.queries.status import pipeline_status, stream_status
 from generation_analytics.v1 import analytics_pb2
 
 log = logging.getLogger(__name__)
@@ -48,8 +54,13 @@ class Params:
         if unknown:
             raise InvalidArgument(unknown[0], f"unknown parameter (known: {', '.join(sorted(allowed)) or 'none'})")
 
-    def text(self, name: str, default: str = "") -> str:
-        return self._query.get(name, default)
+    def value(self, name: str, kind: type) -> Any:
+        """The parameter read as `kind` (int, bool, or text; words are parsed by `questions.build`)."""
+        if kind is int:
+            return self.integer(name)
+        if kind is bool:
+            return self.boolean(name)
+        return self._query.get(name)
 
     def integer(self, name: str) -> int | None:
         raw = self._query.get(name)
@@ -103,66 +114,39 @@ def _reply(message: Message) -> web.Response:
     return web.json_response(to_jsonable(message))
 
 
-DAYS = frozenset({"days"})
-EVENT_FILTERS = frozenset(
-    {"days", "user_id", "model_checkpoint", "event_type", "success", "error_type", "min_duration_ms", "order",
-     "page_size", "page_token"}
-)  # fmt: skip
+# Path (under PREFIX) -> the RPC whose question it asks; path parameters fill the fields they name.
+ROUTES: dict[str, str] = {
+    "/overview": "GetOverview",
+    "/trends": "GetTrends",
+    "/users": "ListTopUsers",
+    "/users/{user_id}": "GetUserAnalytics",
+    "/models": "GetModelPerformance",
+    "/failures": "GetFailureAnalysis",
+    "/peak-hours": "GetPeakHours",
+    "/events": "ListEvents",
+}
+_ANALYTICS = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
+
+
+def asking(queries: AnalyticsQueries, path: str, question: type[Question]) -> Handler:
+    """The handler of a path: query string (and path) -> question -> answer -> JSON."""
+    in_path = frozenset(re.findall(r"{(\w+)}", path))
+    in_query = frozenset(f.name for f in dataclasses.fields(question)) - in_path
+    response_cls = GetMessageClass(_ANALYTICS.methods_by_name[question.RPC].output_type)
+
+    async def handler(request: web.Request) -> web.Response:
+        params = Params(request, in_query)
+        values = {name: params.value(name, field_type(question, name)) for name in in_query}
+        try:
+            asked = build(question, **values, **request.match_info)
+        except UnknownValue as exc:
+            raise InvalidArgument(exc.field, str(exc)) from None
+        return _reply(to_message(await queries.answer(asked), response_cls))
+
+    return handler
 
 
 def build_app(runtime: Runtime) -> web.Application:
-    queries = runtime.queries
-
-    async def overview(request: web.Request) -> web.Response:
-        p = Params(request, DAYS)
-        return _reply(to_message(await queries.overview(days=p.integer("days")), analytics_pb2.GetOverviewResponse))
-
-    async def trends(request: web.Request) -> web.Response:
-        p = Params(request, frozenset({"days", "interval"}))
-        result = await queries.trends(days=p.integer("days"), interval=p.text("interval", "hourly"))
-        return _reply(to_message(result, analytics_pb2.GetTrendsResponse))
-
-    async def user(request: web.Request) -> web.Response:
-        p = Params(request, DAYS)
-        result = await queries.user(request.match_info["user_id"], days=p.integer("days"))
-        return _reply(to_message(result, analytics_pb2.GetUserAnalyticsResponse))
-
-    async def models(request: web.Request) -> web.Response:
-        p = Params(request, DAYS)
-        return _reply(
-            to_message(await queries.models(days=p.integer("days")), analytics_pb2.GetModelPerformanceResponse)
-        )
-
-    async def failures(request: web.Request) -> web.Response:
-        p = Params(request, DAYS)
-        result = await queries.failures(days=p.integer("days"))
-        return _reply(to_message(result, analytics_pb2.GetFailureAnalysisResponse))
-
-    async def peak_hours(request: web.Request) -> web.Response:
-        p = Params(request, DAYS)
-        return _reply(to_message(await queries.peak_hours(days=p.integer("days")), analytics_pb2.GetPeakHoursResponse))
-
-    async def events(request: web.Request) -> web.Response:
-        p = Params(request, EVENT_FILTERS)
-        page = await queries.events(
-            days=p.integer("days"),
-            user_id=p.text("user_id"),
-            model_checkpoint=p.text("model_checkpoint"),
-            event_type=p.text("event_type"),
-            success=p.boolean("success"),
-            error_type=p.text("error_type"),
-            min_duration_ms=p.integer("min_duration_ms"),
-            order=p.text("order", "newest"),
-            page_size=p.integer("page_size"),
-            page_token=p.text("page_token"),
-        )
-        return _reply(to_message(page, analytics_pb2.ListEventsResponse))
-
-    async def top_users(request: web.Request) -> web.Response:
-        p = Params(request, frozenset({"days", "limit"}))
-        result = await queries.top_users(days=p.integer("days"), limit=p.integer("limit"))
-        return _reply(to_message(result, analytics_pb2.ListTopUsersResponse))
-
     async def status(request: web.Request) -> web.Response:
         Params(request, frozenset())
         return _reply(pipeline_status_message(await pipeline_status(runtime.redis, runtime.pool, runtime.keys)))
@@ -182,14 +166,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app.add_routes(
         [
-            web.get(f"{PREFIX}/overview", overview),
-            web.get(f"{PREFIX}/trends", trends),
-            web.get(f"{PREFIX}/users", top_users),
-            web.get(f"{PREFIX}/users/{{user_id}}", user),
-            web.get(f"{PREFIX}/models", models),
-            web.get(f"{PREFIX}/failures", failures),
-            web.get(f"{PREFIX}/peak-hours", peak_hours),
-            web.get(f"{PREFIX}/events", events),
+            *(web.get(PREFIX + path, asking(runtime.queries, path, QUESTIONS[rpc])) for path, rpc in ROUTES.items()),
             web.get(f"{PREFIX}/pipeline/status", status),
             web.get("/metrics", metrics),
             web.get("/healthz", health),

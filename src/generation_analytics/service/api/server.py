@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +12,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from generation_analytics.service.gateway import start_gateway
-from generation_analytics.service.migrate import migrate
-from generation_analytics.service.pipeline import Pipeline
-from generation_analytics.service.rpc import AnalyticsServicer, EventServicer, PipelineServicer, add_service
-from generation_analytics.service.runtime import Runtime, start_embedded
+from generation_analytics.service.api.gateway import start_gateway
+from generation_analytics.service.api.rpc import AnalyticsServicer, EventServicer, PipelineServicer, add_service
+from generation_analytics.service.api.runtime import Runtime
+from generation_analytics.service.embedded import start_embedded
 from generation_analytics.service.settings import Settings
 from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
 
@@ -106,23 +104,3 @@ async def serve(settings: Settings) -> None:
             await runtime.close()
     finally:
         await asyncio.to_thread(embedded.stop)
-
-
-def run_worker(settings: Settings) -> None:
-    """Run only the pipeline (transfer, aggregation, retention) until SIGTERM/SIGINT.
-
-    For deployments that scale the pipeline apart from the gRPC front end; replicas of either kind
-    share the work safely. Needs an explicit Postgres DSN and Redis URL.
-    """
-    if settings.embedded:
-        raise SystemExit("worker needs GA_POSTGRES_DSN and GA_REDIS_URL (the embedded servers belong to `serve`)")
-    migrate(settings.postgres.dsn)
-    pipeline = Pipeline(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    pipeline.start_schedule()
-    log.info("pipeline worker running; SIGTERM or Ctrl-C stops")
-    stop.wait()
-    log.info("pipeline worker stopping")
-    pipeline.close()

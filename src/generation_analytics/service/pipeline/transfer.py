@@ -24,19 +24,56 @@ from typing import Any
 
 import psycopg
 import redis
+from google.protobuf.message import DecodeError
 from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
-from generation_analytics.service.codec import ROW_COLUMNS, PoisonEntry, Row, decode_entry
-from generation_analytics.service.keys import EVENT_FIELD, TRANSFER_GROUP, StreamKeys
-from generation_analytics.service.settings import LimitSettings, PipelineSettings
+from generation_analytics.service.ingest.validation import check_stored_event
+from generation_analytics.service.settings import TransferSettings
+from generation_analytics.service.stream import (
+    EVENT_FIELD,
+    ROW_COLUMNS,
+    TRANSFER_GROUP,
+    Row,
+    StreamKeys,
+    event_to_row,
+    group_backlog,
+    transfer_group,
+)
+from generation_analytics.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 FailPoint = Callable[[str], None]
+
+
+class PoisonEntry(ValueError):
+    """A stream entry that can never become a row (the message says why)."""
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> Row:
+    """The row for a stream entry.
+
+    Raises:
+        PoisonEntry: the entry is not a GenerationEvent, or breaks the contract.
+    """
+    payload = fields.get(EVENT_FIELD)
+    if payload is None:
+        raise PoisonEntry(f"entry has no {EVENT_FIELD.decode()!r} field (fields: {sorted(fields)[:5]})")
+    try:
+        event = events_pb2.GenerationEvent.FromString(payload)
+    except DecodeError as exc:
+        raise PoisonEntry(f"not a GenerationEvent: {exc}") from None
+    problem = check_stored_event(event)
+    if problem:
+        raise PoisonEntry(f"invalid {problem[0]}: {problem[1]}")
+    try:
+        return event_to_row(event)
+    except (OverflowError, ValueError) as exc:
+        raise PoisonEntry(f"invalid timestamp: {exc}") from None
 
 
 @dataclass
@@ -57,21 +94,36 @@ class TransferReport:
         return self.inserted
 
 
-@dataclass
-class _Dead:
+@dataclass(frozen=True)
+class _Delivery:
+    """A stream entry as delivered to this consumer, and how often it has been delivered."""
+
     entry_id: bytes
     fields: dict[bytes, bytes]
-    reason: str
     deliveries: int
+
+
+@dataclass(frozen=True)
+class _Dead:
+    """An entry that can never become a row, and why."""
+
+    delivery: _Delivery
+    reason: str
+
+    @property
+    def record(self) -> tuple[str, bytes | None, str, int]:
+        """Its row of generation_events_dead_letter (INSERT_DEAD_LETTER's parameters)."""
+        d = self.delivery
+        return d.entry_id.decode(), d.fields.get(EVENT_FIELD), self.reason, d.deliveries
 
 
 @dataclass
 class _Batch:
-    """Entries read together, decoded: rows to store (with the entry behind each) and dead letters."""
+    """Entries read together, decoded: rows to store (with the delivery behind each) and dead letters."""
 
     entries: Sequence[Entry]
     rows: list[Row] = field(default_factory=list)
-    row_entries: list[_Dead] = field(default_factory=list)
+    row_deliveries: list[_Delivery] = field(default_factory=list)
     dead: list[_Dead] = field(default_factory=list)
 
 
@@ -183,16 +235,14 @@ class Transfer:
         redis_client: redis.Redis,
         pool: ConnectionPool,
         keys: StreamKeys,
-        pipeline: PipelineSettings,
-        limits: LimitSettings,
+        settings: TransferSettings,
         consumer: str | None = None,
         fail_point: FailPoint | None = None,
     ) -> None:
         self._redis = redis_client
         self._pool = pool
         self._keys = keys
-        self._settings = pipeline
-        self._limits = limits
+        self._settings = settings
         self.consumer = consumer or default_consumer_name()
         self._fail_point = fail_point or (lambda _: None)
         self._lock = threading.Lock()
@@ -210,12 +260,12 @@ class Transfer:
         """
         with self._lock:
             started = time.monotonic()
-            deadline = started + (time_budget_s or self._settings.transfer_time_budget_s)
+            deadline = started + (time_budget_s or self._settings.time_budget_s)
             report = TransferReport()
             self.ensure_group()
             self._reclaim(report, deadline)
-            self._drain(report, deadline, history=True)
-            self._drain(report, deadline, history=False)
+            self._drain_history(report, deadline)
+            self._drain_new(report, deadline)
             self._trim()
             report.remaining = self.backlog()
             report.duration_s = time.monotonic() - started
@@ -247,7 +297,7 @@ class Transfer:
         while time.monotonic() < deadline and not self._stopping.is_set():
             reply: Any = self._redis.xautoclaim(
                 self._keys.stream, TRANSFER_GROUP, self.consumer, self._settings.reclaim_idle_ms,
-                start_id=start, count=self._settings.transfer_batch_size,
+                start_id=start, count=self._settings.batch_size,
             )  # fmt: skip
             start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
             if entries:
@@ -257,16 +307,9 @@ class Transfer:
             if start in (b"0-0", "0-0"):
                 return
 
-    def _drain(self, report: TransferReport, deadline: float, *, history: bool) -> None:
-        """Read and store batches until none is left (or the deadline passes).
-
-        history=True re-reads entries delivered to this consumer but never acknowledged (an earlier
-        run failed part-way); history=False reads entries never delivered to anyone, decoding the next
-        batch in a reader thread while Postgres stores the current one.
-        """
-        if not history:
-            self._drain_new(report, deadline)
-            return
+    def _drain_history(self, report: TransferReport, deadline: float) -> None:
+        """Re-read and store the entries delivered to this consumer but never acknowledged (an earlier
+        run failed part-way), batch by batch, until none is left (or the deadline passes)."""
         next_id = "0"
         while time.monotonic() < deadline and not self._stopping.is_set():
             entries = self._read(next_id)
@@ -277,16 +320,17 @@ class Transfer:
 
     def _read(self, from_id: str) -> list[Entry]:
         reply: Any = self._redis.xreadgroup(
-            TRANSFER_GROUP, self.consumer, {self._keys.stream: from_id}, count=self._settings.transfer_batch_size
+            TRANSFER_GROUP, self.consumer, {self._keys.stream: from_id}, count=self._settings.batch_size
         )
         return [e for e in (reply[0][1] if reply else []) if e[1]]
 
     def _drain_new(self, report: TransferReport, deadline: float) -> None:
+        """Read and store entries never delivered to anyone until none is left (or the deadline passes)."""
         # Decoding is CPU in Python; storing is mostly waiting on Postgres (GIL released). A reader
         # thread decodes ahead while `transfer_store_workers` threads store batches on connections of
         # their own, so Python and Postgres both keep busy. Entries read ahead but not stored stay
         # pending for this consumer and are re-read as history on the next run.
-        workers = max(1, self._settings.transfer_store_workers)
+        workers = max(1, self._settings.store_workers)
         batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=workers + 1)
         stop = threading.Event()
         errors: list[BaseException] = []
@@ -368,21 +412,21 @@ class Transfer:
     def _decode(self, entries: Sequence[Entry], deliveries: dict[bytes, int]) -> _Batch:
         batch = _Batch(entries=entries)
         for entry_id, fields in entries:
-            count = deliveries.get(entry_id, 1)
-            if count > self._settings.max_deliveries:
-                batch.dead.append(_Dead(entry_id, fields, f"delivered {count} times without being stored", count))
+            delivery = _Delivery(entry_id, fields, deliveries.get(entry_id, 1))
+            if delivery.deliveries > self._settings.max_deliveries:
+                batch.dead.append(_Dead(delivery, f"delivered {delivery.deliveries} times without being stored"))
                 continue
             try:
                 batch.rows.append(decode_entry(fields))
-                batch.row_entries.append(_Dead(entry_id, fields, "", count))
+                batch.row_deliveries.append(delivery)
             except PoisonEntry as exc:
-                batch.dead.append(_Dead(entry_id, fields, str(exc), count))
+                batch.dead.append(_Dead(delivery, str(exc)))
         return batch
 
     def _finish(self, batch: _Batch, report: TransferReport, report_lock: threading.Lock | None = None) -> None:
         """Store a decoded batch, then acknowledge it (never the other way round)."""
         decoded_dead = len(batch.dead)
-        inserted = self._store(batch.rows, batch.row_entries, batch.dead)
+        inserted = self._store(batch.rows, batch.row_deliveries, batch.dead)
         self._fail_point("after_commit")
         self._acknowledge([e[0] for e in batch.entries], batch.dead)
         self._fail_point("after_ack")
@@ -397,7 +441,7 @@ class Transfer:
         report.duplicates += len(batch.rows) - (len(batch.dead) - decoded_dead) - inserted
         report.dead_lettered += len(batch.dead)
 
-    def _store(self, rows: list[Row], row_entries: list[_Dead], dead: list[_Dead]) -> int:
+    def _store(self, rows: list[Row], row_deliveries: list[_Delivery], dead: list[_Dead]) -> int:
         """Insert rows and dead letters in one transaction; returns how many rows were new.
 
         A row Postgres refuses (a data error) is found by bisection under savepoints and dead-lettered;
@@ -406,17 +450,14 @@ class Transfer:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(CREATE_STAGING)
             conn.execute(CREATE_BATCH_USERS)
-            inserted = self._insert_bisecting(conn, rows, row_entries, dead)
+            inserted = self._insert_bisecting(conn, rows, row_deliveries, dead)
             if dead:
                 with conn.cursor() as cur:
-                    cur.executemany(
-                        INSERT_DEAD_LETTER,
-                        [(d.entry_id.decode(), d.fields.get(EVENT_FIELD), d.reason, d.deliveries) for d in dead],
-                    )
+                    cur.executemany(INSERT_DEAD_LETTER, [d.record for d in dead])
         return inserted
 
     def _insert_bisecting(
-        self, conn: psycopg.Connection[Any], rows: list[Row], row_entries: list[_Dead], dead: list[_Dead]
+        self, conn: psycopg.Connection[Any], rows: list[Row], row_deliveries: list[_Delivery], dead: list[_Dead]
     ) -> int:
         if not rows:
             return 0
@@ -425,13 +466,13 @@ class Transfer:
                 return self._insert(conn, rows)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if len(rows) == 1:
-                entry = row_entries[0]
-                log.error("transfer: Postgres refused entry %s: %s", entry.entry_id.decode(), exc)
-                dead.append(_Dead(entry.entry_id, entry.fields, f"refused by Postgres: {exc}", entry.deliveries))
+                delivery = row_deliveries[0]
+                log.error("transfer: Postgres refused entry %s: %s", delivery.entry_id.decode(), exc)
+                dead.append(_Dead(delivery, f"refused by Postgres: {exc}"))
                 return 0
             half = len(rows) // 2
-            first = self._insert_bisecting(conn, rows[:half], row_entries[:half], dead)
-            return first + self._insert_bisecting(conn, rows[half:], row_entries[half:], dead)
+            first = self._insert_bisecting(conn, rows[:half], row_deliveries[:half], dead)
+            return first + self._insert_bisecting(conn, rows[half:], row_deliveries[half:], dead)
 
     @staticmethod
     def _insert(conn: psycopg.Connection[Any], rows: list[Row]) -> int:
@@ -453,10 +494,10 @@ class Transfer:
         pipe = self._redis.pipeline(transaction=True)
         for d in dead:
             fields: dict[bytes | str, bytes | str | int] = {
-                "entry_id": d.entry_id, "reason": d.reason, "deliveries": d.deliveries,
+                "entry_id": d.delivery.entry_id, "reason": d.reason, "deliveries": d.delivery.deliveries,
             }  # fmt: skip
-            if EVENT_FIELD in d.fields:
-                fields["payload"] = d.fields[EVENT_FIELD]
+            if EVENT_FIELD in d.delivery.fields:
+                fields["payload"] = d.delivery.fields[EVENT_FIELD]
             pipe.xadd(self._keys.dead_letter, fields)  # type: ignore[arg-type]
         pipe.xack(self._keys.stream, TRANSFER_GROUP, *entry_ids)
         pipe.execute()
@@ -475,12 +516,7 @@ class Transfer:
         self._forget_idle_consumers()
 
     def _group_info(self) -> dict[str, Any] | None:
-        groups: Any = self._redis.xinfo_groups(self._keys.stream)
-        for group in groups:
-            name = group["name"]
-            if (name.decode() if isinstance(name, bytes) else name) == TRANSFER_GROUP:
-                return dict(group)
-        return None
+        return transfer_group(self._redis.xinfo_groups(self._keys.stream))
 
     def _forget_idle_consumers(self) -> None:
         """Drop consumers of stopped processes once they hold nothing (keeps XINFO readable)."""
@@ -497,9 +533,5 @@ class Transfer:
             group = self._group_info()
         except redis.ResponseError:
             return 0
-        if group is None:
-            return int(self._redis.xlen(self._keys.stream))
-        lag = group.get("lag")
-        if lag is None:
-            return int(self._redis.xlen(self._keys.stream))
-        return int(lag) + int(group["pending"])
+        backlog = group_backlog(group)
+        return int(self._redis.xlen(self._keys.stream)) if backlog is None else backlog

@@ -35,12 +35,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from generation_analytics.service import rollups, user_rollups
-from generation_analytics.service.settings import PipelineSettings
+from generation_analytics.service.hours import HOUR, hour_floor, month_of
+from generation_analytics.service.pipeline import rollups, user_rollups
+from generation_analytics.service.settings import AggregationSettings, RetentionSettings
 
 log = logging.getLogger(__name__)
 
-HOUR = timedelta(hours=1)
 # The parts of a batch: the hours', then each shard of the users'.
 PARTS = ("hours", *(f"users/{shard}" for shard in range(user_rollups.SHARDS)))
 # Advisory lock classes of each part's per-hour locks (first key of the two-int form; second key: hours
@@ -69,10 +69,6 @@ class AggregationReport:
     @property
     def processed(self) -> int:
         return self.hours_aggregated
-
-
-def hour_floor(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 SELECT_DIRTY = """
@@ -113,9 +109,10 @@ LOCK_SPANNING = "SELECT pg_advisory_xact_lock(%(lock)s)"
 class Aggregator:
     """Keeps the rollups equal to a recompute of generation_events, hour by hour."""
 
-    def __init__(self, *, pool: ConnectionPool, pipeline: PipelineSettings) -> None:
+    def __init__(self, *, pool: ConnectionPool, settings: AggregationSettings, retention: RetentionSettings) -> None:
         self._pool = pool
-        self._settings = pipeline
+        self._settings = settings
+        self._retention = retention
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -127,14 +124,12 @@ class Aggregator:
         """Recompute dirty hours, oldest first, until none is left that this process may take now."""
         with self._lock:
             started = time.monotonic()
-            deadline = started + (time_budget_s or self._settings.aggregation_time_budget_s)
+            deadline = started + (time_budget_s or self._settings.time_budget_s)
             report = AggregationReport()
             skip: list[datetime] = []
             while time.monotonic() < deadline and not self._stopping.is_set():
                 with self._pool.connection() as conn:
-                    batch = conn.execute(
-                        SELECT_DIRTY, {"skip": skip, "limit": self._settings.aggregation_batch_hours}
-                    ).fetchall()
+                    batch = conn.execute(SELECT_DIRTY, {"skip": skip, "limit": self._settings.batch_hours}).fetchall()
                     conn.commit()
                 if not batch:
                     break
@@ -152,7 +147,7 @@ class Aggregator:
             while hour <= end:
                 hours.append(hour)
                 hour += HOUR
-            batch_size = self._settings.aggregation_batch_hours
+            batch_size = self._settings.batch_hours
             for index in range(0, len(hours), batch_size):
                 if self._stopping.is_set():
                     break
@@ -209,7 +204,7 @@ class Aggregator:
         self, hours: Sequence[datetime], versions: Sequence[int], report: AggregationReport
     ) -> set[datetime]:
         """Recompute the hours of one batch (both parts), then drop their marks; returns the hours settled."""
-        horizon = hour_floor(datetime.now(UTC)) - timedelta(days=self._settings.retention_days) + HOUR
+        horizon = hour_floor(datetime.now(UTC)) - timedelta(days=self._retention.days) + HOUR
         expired = [(h, v) for h, v in zip(hours, versions, strict=True) if h < horizon]
         live = [(h, v) for h, v in zip(hours, versions, strict=True) if h >= horizon]
         with self._pool.connection() as conn:
@@ -289,4 +284,4 @@ def _bounds(hours: Sequence[datetime]) -> dict[str, Any]:
 
 
 def months_of(hours: Sequence[datetime]) -> list[date]:
-    return sorted({user_rollups.month_of(h.astimezone(UTC)) for h in hours})
+    return sorted({month_of(h) for h in hours})

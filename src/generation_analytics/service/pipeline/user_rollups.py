@@ -12,10 +12,12 @@ its own locks (aggregate.py), on the shard's events (`rollups.create_agg_events`
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
+
+from generation_analytics.service.hours import month_of
 
 Cursor = psycopg.Cursor[Any]
 
@@ -76,39 +78,34 @@ SELECT uid, hour, {MONTH_OF_HOUR} AS month, user_id,
        END AS duration_hist
 FROM agg_events GROUP BY uid, hour, user_id
 """
-FILL_MODEL_COUNTS = """
-UPDATE new_user_hours AS n SET model_counts = c.counts
+
+
+def _fill(column: str, key: str, only: str, combine: str) -> str:
+    """Fill in `column` where the one-pass CASE left it NULL: count the user-hour's events per `key`
+    (those matching `only`) and `combine` the (key, k) counts."""
+    return f"""
+UPDATE new_user_hours AS n SET {column} = c.value
 FROM (
-    SELECT uid, hour, jsonb_object_agg(model_checkpoint, k) AS counts
-    FROM (SELECT e.uid, e.hour, e.model_checkpoint, count(*) AS k
+    SELECT uid, hour, {combine} AS value
+    FROM (SELECT e.uid, e.hour, e.{key}, count(*) AS k
           FROM agg_events AS e JOIN new_user_hours AS n USING (uid, hour)
-          WHERE n.model_counts IS NULL AND e.model_checkpoint IS NOT NULL GROUP BY 1, 2, 3) AS per_model
+          WHERE n.{column} IS NULL AND {only} GROUP BY 1, 2, 3) AS per_key
     GROUP BY 1, 2
 ) AS c
 WHERE n.uid = c.uid AND n.hour = c.hour
 """
-FILL_ERROR_COUNTS = """
-UPDATE new_user_hours AS n SET error_counts = c.counts
-FROM (
-    SELECT uid, hour, jsonb_object_agg(error_type, k) AS counts
-    FROM (SELECT e.uid, e.hour, e.error_type, count(*) AS k
-          FROM agg_events AS e JOIN new_user_hours AS n USING (uid, hour)
-          WHERE n.error_counts IS NULL AND e.failed GROUP BY 1, 2, 3) AS per_error
-    GROUP BY 1, 2
-) AS c
-WHERE n.uid = c.uid AND n.hour = c.hour
-"""
-FILL_HISTS = """
-UPDATE new_user_hours AS n SET duration_hist = h.hist
-FROM (
-    SELECT uid, hour, string_agg(int2send(bucket::int2) || int4send(k::int4), ''::bytea ORDER BY bucket) AS hist
-    FROM (SELECT e.uid, e.hour, e.bucket, count(*) AS k
-          FROM agg_events AS e JOIN new_user_hours AS n USING (uid, hour)
-          WHERE n.duration_hist IS NULL AND e.bucket IS NOT NULL GROUP BY 1, 2, 3) AS per_bucket
-    GROUP BY 1, 2
-) AS h
-WHERE n.uid = h.uid AND n.hour = h.hour
-"""
+
+
+FILLS = (
+    _fill(
+        "model_counts", "model_checkpoint", "e.model_checkpoint IS NOT NULL", "jsonb_object_agg(model_checkpoint, k)"
+    ),
+    _fill("error_counts", "error_type", "e.failed", "jsonb_object_agg(error_type, k)"),
+    _fill(
+        "duration_hist", "bucket", "e.bucket IS NOT NULL",
+        "string_agg(int2send(bucket::int2) || int4send(k::int4), ''::bytea ORDER BY bucket)",
+    ),
+)  # fmt: skip
 
 # The (user, month) pairs whose rows among the hours differ from what is stored. Only those are rewritten:
 # an hour recomputed every few seconds while it fills up rewrites only the users who had new events.
@@ -244,7 +241,7 @@ def prepare_users(cur: Cursor, params: dict[str, Any]) -> None:
     write these hours' rows, and the running totals they may rewrite are not read here)."""
     cur.execute(CREATE_OLD_USER_HOURS, params)
     cur.execute(CREATE_NEW_USER_HOURS)
-    for fill in (FILL_MODEL_COUNTS, FILL_ERROR_COUNTS, FILL_HISTS):
+    for fill in FILLS:
         cur.execute(fill)
     cur.execute(CREATE_CHANGED)
 
@@ -274,11 +271,6 @@ def write_users(cur: Cursor, params: dict[str, Any], months: list[date]) -> None
     cur.execute(SHRINK_MONTHS)
     for uid, month in cur.fetchall():
         cur.execute(DELETE_EMPTY_MONTH, {"uid": uid, "month": month})
-
-
-def month_of(hour: datetime) -> date:
-    hour = hour.astimezone(UTC)
-    return date(hour.year, hour.month, 1)
 
 
 def _first_hour_per_month(hours: list[datetime]) -> dict[date, datetime]:

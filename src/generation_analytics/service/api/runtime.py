@@ -1,0 +1,69 @@
+"""The composition root: opens and closes everything one server process shares (clients, pools, the
+pipeline stages), handing each component the settings it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from generation_analytics.service.db import async_pool
+from generation_analytics.service.ingest.capture import EventCapture
+from generation_analytics.service.metrics import ServiceMetrics
+from generation_analytics.service.migrate import migrate
+from generation_analytics.service.pipeline.worker import Pipeline
+from generation_analytics.service.queries.service import AnalyticsQueries
+from generation_analytics.service.settings import Settings
+from generation_analytics.service.stream import StreamKeys, connect_redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The shared objects of one server process."""
+
+    settings: Settings
+    keys: StreamKeys
+    redis: aioredis.Redis
+    capture: EventCapture
+    pool: AsyncConnectionPool
+    pipeline: Pipeline
+    queries: AnalyticsQueries
+    metrics: ServiceMetrics
+
+    @classmethod
+    async def open(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
+        """Connect to Redis/Postgres named by `settings` (which must be complete: see `start_embedded`)."""
+        if run_migrations:
+            applied = migrate(settings.postgres.dsn)
+            if applied:
+                log.info("applied migrations %s", applied)
+        keys = StreamKeys(settings.redis.namespace)
+        redis_client = connect_redis(settings.redis.url, timeout_s=settings.redis.socket_timeout_s)
+        capture = EventCapture(redis=settings.redis, keys=keys, limits=settings.limits, retention=settings.retention)
+        pool = await async_pool(settings.postgres, name="queries")
+        metrics = ServiceMetrics()
+        pipeline = Pipeline.of(settings, observe=metrics.observe_job)
+        if settings.schedule.enabled:
+            pipeline.start_schedule()
+        queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys)
+        return cls(
+            settings=settings,
+            keys=keys,
+            redis=redis_client,
+            capture=capture,
+            pool=pool,
+            pipeline=pipeline,
+            queries=queries,
+            metrics=metrics,
+        )
+
+    async def close(self) -> None:
+        await self.capture.close()
+        await asyncio.to_thread(self.pipeline.close)
+        await self.pool.close()
+        await self.redis.aclose()

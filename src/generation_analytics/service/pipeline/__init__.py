@@ -1,0 +1,1 @@
+"""The pipeline: transfer (stream -> Postgres), aggregation (rollups), retention, their schedule and the worker."""

@@ -1,0 +1,136 @@
+"""The pipeline of one process (transfer, aggregation, retention on their schedule), and `run_worker`,
+which runs it alone."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from generation_analytics.service.db import sync_pool
+from generation_analytics.service.migrate import migrate
+from generation_analytics.service.pipeline.aggregate import PARTS, AggregationReport, Aggregator
+from generation_analytics.service.pipeline.retention import RetentionReport, prune
+from generation_analytics.service.pipeline.scheduler import JobObserver, PipelineJob, PipelineScheduler, Report
+from generation_analytics.service.pipeline.transfer import FailPoint, Transfer, TransferReport
+from generation_analytics.service.settings import (
+    AggregationSettings,
+    PostgresSettings,
+    RedisSettings,
+    RetentionSettings,
+    ScheduleSettings,
+    Settings,
+    TransferSettings,
+)
+from generation_analytics.service.stream import StreamKeys
+
+log = logging.getLogger(__name__)
+
+# Transfer reads and acknowledges large batches: allow more than the recording path's 1 s.
+PIPELINE_REDIS_TIMEOUT_S = 10.0
+
+
+class Pipeline:
+    """The pipeline of one process; `start_schedule` runs it in the background."""
+
+    def __init__(
+        self,
+        *,
+        postgres: PostgresSettings,
+        redis_settings: RedisSettings,
+        schedule: ScheduleSettings,
+        transfer: TransferSettings,
+        aggregation: AggregationSettings,
+        retention: RetentionSettings,
+        fail_point: FailPoint | None = None,
+        observe: JobObserver | None = None,
+    ) -> None:
+        self.retention = retention
+        self.redis = redis.Redis.from_url(
+            redis_settings.url,
+            socket_timeout=PIPELINE_REDIS_TIMEOUT_S,
+            socket_connect_timeout=redis_settings.socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # Transfer storers, aggregation parts (aggregate.PARTS) plus its bookkeeping, retention, run records.
+        self.pool = sync_pool(postgres, name="pipeline", max_size=transfer.store_workers + len(PARTS) + 3)
+        keys = StreamKeys(redis_settings.namespace)
+        self.transfer = Transfer(
+            redis_client=self.redis, pool=self.pool, keys=keys, settings=transfer, fail_point=fail_point
+        )
+        self.aggregator = Aggregator(pool=self.pool, settings=aggregation, retention=retention)
+        replica = self.transfer.consumer
+
+        def job(name: str, body: Callable[[], Report], interval_s: float) -> PipelineJob:
+            return PipelineJob(name, body, interval_s=interval_s, pool=self.pool, replica=replica, observe=observe)
+
+        self.transfer_job = job("transfer", self.transfer.run, schedule.transfer_interval_s)
+        self.aggregation_job = job("aggregation", self.aggregator.run, schedule.aggregation_interval_s)
+        self.retention_job = job("retention", self.prune, schedule.retention_interval_s)
+        self.scheduler = PipelineScheduler([self.transfer_job, self.aggregation_job, self.retention_job])
+
+    @classmethod
+    def of(cls, settings: Settings, **kwargs: Any) -> Pipeline:
+        """The pipeline configured by the sections of `settings` it needs."""
+        return cls(
+            postgres=settings.postgres,
+            redis_settings=settings.redis,
+            schedule=settings.schedule,
+            transfer=settings.transfer,
+            aggregation=settings.aggregation,
+            retention=settings.retention,
+            **kwargs,
+        )
+
+    def run_transfer(self) -> TransferReport:
+        report = self.transfer_job.run_once(raise_errors=True)
+        assert isinstance(report, TransferReport)
+        return report
+
+    def run_aggregation(self, start: datetime | None = None, end: datetime | None = None) -> AggregationReport:
+        if start is not None and end is not None:
+            return self.aggregator.run_range(start, end)
+        report = self.aggregation_job.run_once(raise_errors=True)
+        assert isinstance(report, AggregationReport)
+        return report
+
+    def prune(self) -> RetentionReport:
+        return prune(self.pool, self.retention)
+
+    def start_schedule(self) -> None:
+        self.transfer.ensure_group_quietly()
+        self.scheduler.start()
+
+    def close(self) -> None:
+        self.transfer.stop()
+        self.aggregator.stop()
+        self.scheduler.shutdown(wait=True)
+        self.pool.close()
+        self.redis.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """Run only the pipeline (transfer, aggregation, retention) until SIGTERM/SIGINT.
+
+    For deployments that scale the pipeline apart from the gRPC front end; replicas of either kind
+    share the work safely. Needs an explicit Postgres DSN and Redis URL.
+    """
+    if settings.embedded:
+        raise SystemExit("worker needs GA_POSTGRES_DSN and GA_REDIS_URL (the embedded servers belong to `serve`)")
+    migrate(settings.postgres.dsn)
+    pipeline = Pipeline.of(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    pipeline.start_schedule()
+    log.info("pipeline worker running; SIGTERM or Ctrl-C stops")
+    stop.wait()
+    log.info("pipeline worker stopping")
+    pipeline.close()

@@ -1,0 +1,136 @@
+"""`AnalyticsQueries`: the one entry point of the read path, shared by the gRPC servicer and the gateway.
+
+It takes the typed questions of `generation_analytics.questions`, checks what types cannot (ranges, UUIDs,
+text filters: INVALID_ARGUMENT naming the field), applies each question's default window and runs its
+query module. `ANSWERS` pairs each question with its method and result type (the contract test walks it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from psycopg_pool import AsyncConnectionPool
+
+from generation_analytics.questions import (
+    EventsQuestion,
+    FailuresQuestion,
+    ModelsQuestion,
+    OverviewQuestion,
+    PeakHoursQuestion,
+    Question,
+    TopUsersQuestion,
+    TrendsQuestion,
+    UserQuestion,
+)
+from generation_analytics.service.errors import InvalidArgument
+from generation_analytics.service.queries.events import EventPage, list_events
+from generation_analytics.service.queries.failures import FailureAnalysis, failure_analysis
+from generation_analytics.service.queries.models import ModelPerformanceReport, model_performance
+from generation_analytics.service.queries.overview import Overview, PeakHours, Trends, overview, peak_hours, trends
+from generation_analytics.service.queries.status import stream_backlog
+from generation_analytics.service.queries.users import TopUsers, UserAnalytics, top_users, user_analytics
+from generation_analytics.service.queries.window import Window, bounded, text_filter, user_uuid, window
+from generation_analytics.service.stream import StreamKeys
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 1_000
+MAX_TOP_USERS = 1_000
+
+
+def question_window(question: Question) -> Window:
+    return window(question.days, default=question.DEFAULT_DAYS)
+
+
+class AnalyticsQueries:
+    """Answers the analytics questions from Postgres (and the stream backlog from Redis)."""
+
+    def __init__(self, *, pool: AsyncConnectionPool, redis_client: aioredis.Redis, keys: StreamKeys) -> None:
+        self._pool = pool
+        self._redis = redis_client
+        self._keys = keys
+
+    async def answer(self, question: Question) -> Any:
+        """The answer to any question (dispatched on its type)."""
+        method, _ = ANSWERS[type(question)]
+        return await method(self, question)
+
+    async def pending_events(self) -> int:
+        """Events accepted but not yet in Postgres; -1 when Redis cannot be asked."""
+        try:
+            return await stream_backlog(self._redis, self._keys)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("cannot read the stream backlog: %s", exc)
+            return -1
+
+    async def overview(self, question: OverviewQuestion) -> Overview:
+        w = question_window(question)
+        pending = await self.pending_events()
+        async with self._pool.connection() as conn:
+            return await overview(conn, w, pending_events=pending)
+
+    async def trends(self, question: TrendsQuestion) -> Trends:
+        w = question_window(question)
+        async with self._pool.connection() as conn:
+            return await trends(conn, w, interval=question.interval)
+
+    async def user(self, question: UserQuestion) -> UserAnalytics:
+        user_id = user_uuid(question.user_id)
+        w = question_window(question)
+        async with self._pool.connection() as conn:
+            return await user_analytics(conn, user_id, w)
+
+    async def models(self, question: ModelsQuestion) -> ModelPerformanceReport:
+        w = question_window(question)
+        async with self._pool.connection() as conn:
+            return await model_performance(conn, w)
+
+    async def failures(self, question: FailuresQuestion) -> FailureAnalysis:
+        w = question_window(question)
+        async with self._pool.connection() as conn:
+            return await failure_analysis(conn, w)
+
+    async def peak_hours(self, question: PeakHoursQuestion) -> PeakHours:
+        w = question_window(question)
+        async with self._pool.connection() as conn:
+            return await peak_hours(conn, w)
+
+    async def events(self, question: EventsQuestion) -> EventPage:
+        w = question_window(question)
+        if question.min_duration_ms is not None and question.min_duration_ms < 0:
+            raise InvalidArgument("min_duration_ms", "must not be negative")
+        size = bounded(question.page_size or None, default=50, low=1, high=MAX_PAGE_SIZE, field="page_size")
+        filters = replace(
+            question,
+            user_id=user_uuid(question.user_id) if question.user_id else "",
+            model_checkpoint=text_filter(question.model_checkpoint, "model_checkpoint") or "",
+            error_type=text_filter(question.error_type, "error_type") or "",
+        )
+        async with self._pool.connection() as conn:
+            return await list_events(conn, w, filters, page_size=size)
+
+    async def top_users(self, question: TopUsersQuestion) -> TopUsers:
+        w = question_window(question)
+        n = bounded(question.limit, default=20, low=1, high=MAX_TOP_USERS, field="limit")
+        async with self._pool.connection() as conn:
+            return await top_users(conn, w, limit=n)
+
+
+Answer = Callable[[AnalyticsQueries, Any], Awaitable[Any]]
+# Each question: the method that answers it, and the type of its answer (a dataclass whose fields are
+# the response message's: see api/convert.py and tests/test_contract.py).
+ANSWERS: dict[type[Question], tuple[Answer, type]] = {
+    OverviewQuestion: (AnalyticsQueries.overview, Overview),
+    TrendsQuestion: (AnalyticsQueries.trends, Trends),
+    UserQuestion: (AnalyticsQueries.user, UserAnalytics),
+    ModelsQuestion: (AnalyticsQueries.models, ModelPerformanceReport),
+    FailuresQuestion: (AnalyticsQueries.failures, FailureAnalysis),
+    PeakHoursQuestion: (AnalyticsQueries.peak_hours, PeakHours),
+    EventsQuestion: (AnalyticsQueries.events, EventPage),
+    TopUsersQuestion: (AnalyticsQueries.top_users, TopUsers),
+}

@@ -1,0 +1,99 @@
+"""The contract's words, defined once: event types, trend intervals and event orders.
+
+Each is a StrEnum whose values are the names users see (the seed's JSON and SQL: "request", "hourly",
+"slowest"); each maps one-to-one onto a protobuf enum of the contract (EVENT_TYPE_REQUEST, ...), and
+`from_proto` / `to_proto` are the only translation between the two. The service, the client, the CLI
+and the HTTP gateway all speak these, so adding a word is one edit here and one in the proto.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from google.protobuf.descriptor import EnumDescriptor
+
+from generation_analytics.v1 import analytics_pb2, events_pb2
+
+
+class UnknownValue(ValueError):
+    """A value that is not a word of the vocabulary (`field` names where it came from)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
+class Word(StrEnum):
+    """A vocabulary enum, tied to the protobuf enum whose values are PREFIX + NAME (0 = unspecified)."""
+
+    @classmethod
+    def proto(cls) -> EnumDescriptor:
+        return PROTO_ENUMS[cls]
+
+    @classmethod
+    def from_proto(cls: type[W], number: int, *, field: str = "") -> W:
+        """The word for a protobuf enum number (not 0: the caller decides what unspecified means)."""
+        value = cls.proto().values_by_number.get(number)
+        if value is None or number == 0:
+            raise UnknownValue(field or cls.__name__, f"unknown value {number}")
+        return cls(value.name.removeprefix(_prefix(cls.proto())).lower())
+
+    def to_proto(self) -> int:
+        descriptor = type(self).proto()
+        return descriptor.values_by_name[_prefix(descriptor) + self.value.upper()].number
+
+    @classmethod
+    def parse(cls: type[W], text: str, *, field: str = "") -> W:
+        """The word a user typed (case-insensitive), or UnknownValue listing the words."""
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise UnknownValue(field or cls.__name__, f"must be one of {choices} (got {text!r})") from None
+
+
+W = TypeVar("W", bound=Word)
+
+
+class EventType(Word):
+    """What a GenerationEvent reports."""
+
+    REQUEST = "request"
+    COMPLETION = "completion"
+    CANCELLATION = "cancellation"
+
+
+class Interval(Word):
+    """The bucket size of trends."""
+
+    HOURLY = "hourly"
+    DAILY = "daily"
+
+
+class Order(Word):
+    """The order of ListEvents: newest first, or slowest completions first."""
+
+    NEWEST = "newest"
+    SLOWEST = "slowest"
+
+
+PROTO_ENUMS: dict[type[Word], EnumDescriptor] = {
+    EventType: events_pb2.EventType.DESCRIPTOR,
+    Interval: analytics_pb2.Interval.DESCRIPTOR,
+    Order: analytics_pb2.EventOrder.DESCRIPTOR,
+}
+WORDS_BY_PROTO: dict[str, type[Word]] = {descriptor.full_name: cls for cls, descriptor in PROTO_ENUMS.items()}
+
+
+def _prefix(descriptor: EnumDescriptor) -> str:
+    """EVENT_TYPE_ for EventType: the name of value 0 without its UNSPECIFIED."""
+    return descriptor.values[0].name.removesuffix("UNSPECIFIED")
+
+
+def label(descriptor: Any, number: int) -> str:
+    """The word of a protobuf enum number ("" for unspecified); numbers the enum does not know, as text."""
+    value = descriptor.values_by_number.get(number)
+    if value is None:
+        return str(number)
+    return "" if number == 0 else value.name.removeprefix(_prefix(descriptor)).lower()
