@@ -1,14 +1,16 @@
 """Ingest: what recording costs, each figure beside its baseline measured in the same run.
 
 * RecordEvent unary latency (p50/p99, sequential calls) against an empty grpc.aio echo server
-  (bench.echo_server) — interleaved rounds, so both see the same machine.
+  (bench.echo_server), and against the same service with API keys required (GA_AUTH=on, an ingest
+  key on every call) — interleaved rounds, so all three see the same machine.
 * RecordEvents throughput at batch sizes 100/500/1000 (4 client threads) against raw redis-py
   pipelined XADD of the same payloads (4 threads) — the ceiling of "events into Redis" from Python.
 * EventRecorder.record() cost to the caller, p50/p99 over 200,000 calls.
 
 The service runs as its own process with its pipeline off (GA_SCHEDULER_ENABLED=false): this
 measures the front end; transfer is measured by bench.transfer_throughput. Targets (docs/design.md §6):
-RecordEvents ≥ 50,000 events/s; RecordEvent p50 within 1.5x of the echo; record() p99 ≤ 20 µs.
+RecordEvents ≥ 50,000 events/s; RecordEvent p50 within 1.5x of the echo; with keys ≤ 1.1x without
+(§8); record() p99 ≤ 20 µs.
 
     .venv/bin/python -m bench.ingest
 """
@@ -27,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import psycopg
 import redis
 
 from bench.common import (
@@ -40,6 +43,7 @@ from bench.common import (
     synthetic_event,
 )
 from generation_analytics.client import EventRecorder
+from generation_analytics.service.api.keys import Scope, create_key
 from generation_analytics.service.embedded import free_port
 from generation_analytics.service.stream import EVENT_FIELD, StreamKeys
 from generation_analytics.v1 import events_pb2, events_pb2_grpc
@@ -58,22 +62,26 @@ def start_echo() -> tuple[subprocess.Popen[bytes], str]:
     return process, addr
 
 
-def unary_latency(service: str, echo: str, *, rounds: int, calls: int) -> tuple[list[float], list[float]]:
+Target = tuple[str, tuple[tuple[str, str], ...]]  # address, metadata of every call
+
+
+def unary_latency(targets: dict[str, Target], *, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Sequential RecordEvent latencies (µs) per target, in interleaved rounds."""
     sample = events(calls, 1)
-    stubs = {name: events_pb2_grpc.EventServiceStub(grpc.insecure_channel(addr)) for name, addr in
-             (("service", service), ("echo", echo))}  # fmt: skip
-    timings: dict[str, list[float]] = {"service": [], "echo": []}
-    for stub in stubs.values():  # warm-up
+    stubs = {name: (events_pb2_grpc.EventServiceStub(grpc.insecure_channel(addr)), metadata)
+             for name, (addr, metadata) in targets.items()}  # fmt: skip
+    timings: dict[str, list[float]] = {name: [] for name in targets}
+    for stub, metadata in stubs.values():  # warm-up
         for event in sample[:200]:
-            stub.RecordEvent(events_pb2.RecordEventRequest(event=event))
+            stub.RecordEvent(events_pb2.RecordEventRequest(event=event), metadata=metadata)
     for _ in range(rounds):
-        for name, stub in stubs.items():
+        for name, (stub, metadata) in stubs.items():
             for event in sample:
                 request = events_pb2.RecordEventRequest(event=event)
                 started = time.perf_counter()
-                stub.RecordEvent(request)
+                stub.RecordEvent(request, metadata=metadata)
                 timings[name].append((time.perf_counter() - started) * 1e6)
-    return timings["service"], timings["echo"]
+    return timings
 
 
 def threads_rate(threads: int, seconds: float, send: Callable[[int], Callable[[int], int]]) -> float:
@@ -148,15 +156,29 @@ def recorder_cost(addr: str, calls: int) -> list[float]:
 def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
     figures: list[Figure] = []
     with scratch_database() as dsn, scratch_namespace() as namespace:
+        with psycopg.connect(dsn) as conn:
+            _, token = create_key(conn, name="bench", scopes=frozenset({Scope.INGEST}))
         service, service_addr = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false")
+        keyed, keyed_addr = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false", GA_AUTH="on")
         echo, echo_addr = start_echo()
         try:
-            served, echoed = unary_latency(service_addr, echo_addr, rounds=5, calls=400)
-            p50, p99 = percentile(served, 0.5), percentile(served, 0.99)
-            e50, e99 = percentile(echoed, 0.5), percentile(echoed, 0.99)
+            timings = unary_latency(
+                {
+                    "service": (service_addr, ()),
+                    "keyed": (keyed_addr, (("authorization", f"Bearer {token}"),)),
+                    "echo": (echo_addr, ()),
+                },
+                rounds=5,
+                calls=400,
+            )
+            p50, p99 = percentile(timings["service"], 0.5), percentile(timings["service"], 0.99)
+            k50, k99 = percentile(timings["keyed"], 0.5), percentile(timings["keyed"], 0.99)
+            e50, e99 = percentile(timings["echo"], 0.5), percentile(timings["echo"], 0.99)
             figures.append(Figure("RecordEvent p50 / p99", f"{p50:.0f} / {p99:.0f} µs"))
             figures.append(Figure("empty grpc.aio echo p50 / p99", f"{e50:.0f} / {e99:.0f} µs"))
             figures.append(Figure("RecordEvent / echo, p50", f"{p50 / e50:.2f}x", "<= 1.5x", p50 / e50 <= 1.5))
+            figures.append(Figure("RecordEvent with API key p50 / p99", f"{k50:.0f} / {k99:.0f} µs"))
+            figures.append(Figure("with API key / without, p50", f"{k50 / p50:.2f}x", "<= 1.1x", k50 / p50 <= 1.1))
             for size in (100, 500, 1000):
                 rate = record_events_throughput(service_addr, size, seconds=seconds, threads=threads)
                 raw = raw_xadd_throughput(namespace, size, seconds=seconds, threads=threads)
@@ -172,7 +194,7 @@ def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
                 Figure("EventRecorder.record() p50 / p99", f"{c50:.1f} / {c99:.1f} µs", "p99 <= 20 µs", c99 <= 20)
             )
         finally:
-            for process in (service, echo):
+            for process in (service, keyed, echo):
                 process.terminate()
                 process.wait(30)
     return figures

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,24 +68,63 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _database(args: argparse.Namespace) -> Iterator[str]:
+    """The DSN of --dsn, else GA_POSTGRES_DSN, else the embedded Postgres of `serve` (started for now)."""
     from generation_analytics.service.embedded import start_embedded
-    from generation_analytics.service.migrate import migrate
     from generation_analytics.service.settings import load_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings()
     dsn = args.dsn or settings.postgres.dsn
     embedded = None
     if not dsn:
-        settings, embedded = start_embedded(settings)
+        settings, embedded = start_embedded(replace(settings, redis=replace(settings.redis, url="unused")))
         dsn = settings.postgres.dsn
     try:
-        applied = migrate(dsn)
+        yield dsn
     finally:
         if embedded:
             embedded.stop()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from generation_analytics.service.migrate import migrate
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _database(args) as dsn:
+        applied = migrate(dsn)
     print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """keys create | list | revoke: straight on the database (whoever can reach it is the administrator)."""
+    import psycopg
+
+    from generation_analytics.service.api import keys
+    from generation_analytics.service.migrate import migrate
+
+    with _database(args) as dsn, psycopg.connect(dsn) as conn:
+        migrate(dsn)
+        if args.keys_command == "create":
+            try:
+                key, token = keys.create_key(conn, name=args.name, scopes=keys.parse_scopes(args.scope))
+            except ValueError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            print(token)
+            print(f"key {key.id} ({', '.join(sorted(key.scopes))}) created; the secret above is shown only now",
+                  file=sys.stderr)  # fmt: skip
+        elif args.keys_command == "list":
+            rows = [
+                {"id": k.id, "name": k.name, "scopes": ",".join(sorted(k.scopes)), "created_at": k.created_at,
+                 "last_used_at": k.last_used_at, "revoked_at": k.revoked_at}
+                for k in keys.list_keys(conn)
+            ]  # fmt: skip
+            print(table(rows, ["id", "name", "scopes", "created_at", "last_used_at", "revoked_at"]))
+        elif not keys.revoke_key(conn, args.id):
+            raise SystemExit(f"error: no live key with id {args.id!r} (see `generation-analytics keys list`)")
+        else:
+            print(f"key {args.id} revoked (services stop accepting it within GA_AUTH_CACHE_S)")
     return 0
 
 
@@ -242,8 +282,20 @@ def _ask(client: AnalyticsClient, args: argparse.Namespace) -> Message:
     return response
 
 
+def _client(args: argparse.Namespace, **options: Any) -> AnalyticsClient:
+    return AnalyticsClient(
+        args.target,
+        api_key=args.api_key,
+        ca_file=args.ca,
+        client_cert_file=args.cert,
+        client_key_file=args.key,
+        tls=True if args.tls else None,
+        **options,
+    )
+
+
 def _query(args: argparse.Namespace) -> int:
-    with AnalyticsClient(args.target, timeout_s=args.timeout) as client:
+    with _client(args, timeout_s=args.timeout) as client:
         reply = _ask(client, args)
     data = to_jsonable(reply)
     if args.json:
@@ -256,6 +308,15 @@ def _query(args: argparse.Namespace) -> int:
 def _hour(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to reach a service that requires keys or TLS (each also read from the environment)."""
+    parser.add_argument("--api-key", default=None, help="API key (env GA_API_KEY)")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's roots (env GA_TLS)")
+    parser.add_argument("--ca", default=None, help="CA file that signed the server's certificate (env GA_CA_FILE)")
+    parser.add_argument("--cert", default=None, help="client certificate, for mTLS (env GA_CLIENT_CERT)")
+    parser.add_argument("--key", default=None, help="client certificate's key, for mTLS (env GA_CLIENT_KEY)")
 
 
 def _add_question_arguments(parser: argparse.ArgumentParser, question: type[Question]) -> None:
@@ -278,7 +339,7 @@ def _add_question_arguments(parser: argparse.ArgumentParser, question: type[Ques
 def _demo(args: argparse.Namespace) -> int:
     from generation_analytics.client.demo import run_demo
 
-    with AnalyticsClient(args.target, timeout_s=60) as client:
+    with _client(args, timeout_s=60) as client:
         run_demo(
             client,
             days=args.days,
@@ -308,12 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the schema migrations (safe to run twice)")
     migrate.add_argument("--dsn", default="", help="Postgres DSN (default: GA_POSTGRES_DSN, else embedded)")
     migrate.set_defaults(func=_migrate)
+    keys = sub.add_parser("keys", help="API keys: create (shows the secret once), list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="a new key; prints it once")
+    create.add_argument("--name", required=True, help="who or what uses it")
+    create.add_argument("--scope", required=True, help="ingest, read, admin (comma-separated)")
+    keys_sub.add_parser("list", help="every key (never a secret), with when it was last used")
+    revoke = keys_sub.add_parser("revoke", help="stop a key working (within GA_AUTH_CACHE_S)")
+    revoke.add_argument("id")
+    for keys_command in (create, keys_sub.choices["list"], revoke):
+        keys_command.add_argument("--dsn", default="", help="Postgres DSN (default: GA_POSTGRES_DSN, else embedded)")
+    keys.set_defaults(func=_keys)
 
     for name, command in COMMANDS.items():
         client = sub.add_parser(name, help=command.help)
         client.add_argument("--target", default=DEFAULT_TARGET, help="gRPC address (env GA_TARGET)")
         client.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
         client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        _add_connection_arguments(client)
         if command.question is not None:
             _add_question_arguments(client, command.question)
         client.set_defaults(func=_query)
@@ -323,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="load a realistic history and send live traffic through the public API")
     demo.add_argument("--target", default=DEFAULT_TARGET)
+    _add_connection_arguments(demo)
     demo.add_argument("--days", type=int, default=7)
     demo.add_argument("--generations", type=int, default=20_000, help="generations in the history")
     demo.add_argument("--live-seconds", type=float, default=20.0)
@@ -348,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as exc:
-        if args.command in {"serve", "worker", "migrate"}:
+        if args.command in {"serve", "worker", "migrate", "keys"}:
             print(f"error: `{args.command}` needs the service extra ({exc.name} is missing):", file=sys.stderr)
             print("  pip install 'generation-analytics[service,embedded]'", file=sys.stderr)
             return 2

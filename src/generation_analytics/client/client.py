@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -54,12 +56,45 @@ def _timestamp(moment: datetime) -> Any:
     return ts
 
 
+def open_channel(
+    target: str,
+    *,
+    tls: bool | None = None,
+    ca_file: str | None = None,
+    client_cert_file: str | None = None,
+    client_key_file: str | None = None,
+) -> grpc.Channel:
+    """A channel to `target`: TLS when asked (or GA_TLS=true) or when any certificate is given, else plaintext.
+
+    With TLS and no `ca_file`, the system's trusted roots verify the server.
+    """
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    if tls is None:
+        tls = os.environ.get("GA_TLS", "").lower() in {"1", "true", "yes", "on"}
+    if not (tls or ca_file or client_cert_file):
+        return grpc.insecure_channel(target, options=options)
+    if bool(client_cert_file) != bool(client_key_file):
+        raise ValueError("a client certificate needs its key (and the key its certificate)")
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file), private_key=read(client_key_file), certificate_chain=read(client_cert_file)
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
 class AnalyticsClient:
     """A blocking client for Generation Analytics.
 
     Every call has a deadline (`timeout_s`) and is retried on UNAVAILABLE / RESOURCE_EXHAUSTED /
     DEADLINE_EXCEEDED with exponential backoff and jitter: all calls are safe to retry (queries read;
     events carry client-chosen event_ids, so a retried record is stored once).
+
+    Security (when the service requires it): `api_key` is sent as `authorization: Bearer …` on every
+    call; TLS is used when `tls` is true or a CA or client certificate is given (mTLS). Each defaults
+    to the environment a user would set: GA_API_KEY, GA_CA_FILE, GA_CLIENT_CERT / GA_CLIENT_KEY, GA_TLS.
 
     Raises:
         AnalyticsClientError: from every method, with the status code and (for bad input) the field.
@@ -73,14 +108,25 @@ class AnalyticsClient:
         retries: int = 3,
         backoff_s: float = 0.2,
         channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        ca_file: str | None = None,
+        client_cert_file: str | None = None,
+        client_key_file: str | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        key = api_key if api_key is not None else os.environ.get("GA_API_KEY", "")
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {key}"),) if key else ()
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+        self._channel = channel or open_channel(
+            target,
+            tls=tls,
+            ca_file=ca_file if ca_file is not None else os.environ.get("GA_CA_FILE") or None,
+            client_cert_file=client_cert_file or os.environ.get("GA_CLIENT_CERT") or None,
+            client_key_file=client_key_file or os.environ.get("GA_CLIENT_KEY") or None,
         )
         self._events = events_pb2_grpc.EventServiceStub(self._channel)
         self._analytics = analytics_pb2_grpc.AnalyticsServiceStub(self._channel)
@@ -100,7 +146,7 @@ class AnalyticsClient:
         attempt = 0
         while True:
             try:
-                return method(request, timeout=timeout_s or self.timeout_s)
+                return method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error = AnalyticsClientError.from_rpc_error(exc)
                 if not error.retryable or attempt >= self.retries:

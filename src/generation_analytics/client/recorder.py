@@ -58,6 +58,8 @@ class EventRecorder:
         max_buffer: events held at most (pending delivery); beyond it new events are dropped.
         max_backoff_s: longest wait between two attempts while the service is unavailable.
         client: an `AnalyticsClient` to send with (default: one for `target`).
+        api_key: an `ingest` key when the service requires keys (default: GA_API_KEY); TLS options
+            (`tls`, `ca_file`, client certificate) as for `AnalyticsClient`, via `client_options`.
     """
 
     def __init__(
@@ -69,12 +71,14 @@ class EventRecorder:
         max_buffer: int = 100_000,
         max_backoff_s: float = 5.0,
         client: AnalyticsClient | None = None,
+        api_key: str | None = None,
+        **client_options: Any,
     ) -> None:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
         self.max_backoff_s = max_backoff_s
-        self._client = client or AnalyticsClient(target, retries=0, timeout_s=5.0)
+        self._client = client or AnalyticsClient(target, retries=0, timeout_s=5.0, api_key=api_key, **client_options)
         self._own_client = client is None
         self._buffer: collections.deque[tuple[str, float, dict[str, Any]]] = collections.deque()
         self._wake = threading.Event()

@@ -26,3 +26,11 @@ class Unavailable(AnalyticsError):
 
 class ResourceExhausted(AnalyticsError):
     """The service refuses more work for now (e.g. the stream backlog is full); retry later."""
+
+
+class Unauthenticated(AnalyticsError):
+    """No API key, or one that is not valid (unknown, malformed or revoked)."""
+
+
+class PermissionDenied(AnalyticsError):
+    """A valid API key without the scope the call needs (the message names it)."""

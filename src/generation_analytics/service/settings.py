@@ -84,6 +84,32 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    """Who may call what (docs/design.md §8). `mode`: "on", "off", or "auto" — on whenever a listener is
+    not on a loopback address, so a laptop's `make run` needs no key while a shared server does."""
+
+    mode: str = "auto"
+    # Serving a non-loopback address with auth off is refused unless this says it is meant.
+    allow_unauthenticated: bool = False
+    # Keys are checked against an in-memory copy refreshed this often: a revoked key stops working within it.
+    cache_s: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS for gRPC and the HTTP gateway (PEM files). With `client_ca_file`, clients must present a
+    certificate that CA signed (mTLS). All empty: plaintext (the loopback default)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScheduleSettings:
     """The in-process schedule of the pipeline jobs (the seed's cadence: transfer 600 s, aggregation 3600 s)."""
 
@@ -133,6 +159,8 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
@@ -156,6 +184,12 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_LISTEN_ADDR": ("server", "listen_addr"),
     "GA_HTTP_ADDR": ("server", "http_addr"),
     "GA_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s"),
+    "GA_AUTH": ("auth", "mode"),
+    "GA_ALLOW_UNAUTHENTICATED": ("auth", "allow_unauthenticated"),
+    "GA_AUTH_CACHE_S": ("auth", "cache_s"),
+    "GA_TLS_CERT": ("tls", "cert_file"),
+    "GA_TLS_KEY": ("tls", "key_file"),
+    "GA_TLS_CLIENT_CA": ("tls", "client_ca_file"),
     "GA_MAX_BATCH_EVENTS": ("limits", "max_batch_events"),
     "GA_MAX_STRING_CHARS": ("limits", "max_string_chars"),
     "GA_MAX_ERROR_MESSAGE_CHARS": ("limits", "max_error_message_chars"),
@@ -177,6 +211,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_DATA_DIR": ("", "data_dir"),
     "GA_LOG_LEVEL": ("", "log_level"),
 }
+
+
+AUTH_MODES = ("auto", "on", "off")
 
 
 class SettingsError(ValueError):
@@ -220,7 +257,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             top[attr] = value
     for section, changes in sections.items():
         top[section] = replace(getattr(settings, section), **changes)
-    return replace(settings, **top)
+    result = replace(settings, **top)
+    if result.auth.mode not in AUTH_MODES:
+        raise SettingsError(f"GA_AUTH={result.auth.mode!r}: expected one of {', '.join(AUTH_MODES)}")
+    if bool(result.tls.cert_file) != bool(result.tls.key_file):
+        raise SettingsError("GA_TLS_CERT and GA_TLS_KEY go together")
+    if result.tls.client_ca_file and not result.tls.cert_file:
+        raise SettingsError("GA_TLS_CLIENT_CA (mTLS) needs GA_TLS_CERT and GA_TLS_KEY")
+    return result
 
 
 def describe(settings: Settings) -> list[tuple[str, str]]:
@@ -236,6 +280,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 __all__ = [
     "ENVIRONMENT",
     "AggregationSettings",
+    "AuthSettings",
     "LimitSettings",
     "PostgresSettings",
     "RedisSettings",
@@ -244,6 +289,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SettingsError",
+    "TlsSettings",
     "TransferSettings",
     "describe",
     "load_settings",

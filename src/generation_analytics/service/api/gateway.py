@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from generation_analytics.jsonify import to_jsonable
 from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, field_type
+from generation_analytics.service.api.auth import KeyCache, bearer, http_requirement
 from generation_analytics.service.api.convert import pipeline_status_message, to_message
 from generation_analytics.service.api.rpc import status_for
 from generation_analytics.service.api.runtime import Runtime
@@ -31,6 +33,7 @@ from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.metrics import CONTENT_TYPE
 from generation_analytics.service.queries.service import AnalyticsQueries
 from generation_analytics.service.queries.status import pipeline_status, stream_status
+from generation_analytics.service.settings import TlsSettings
 from generation_analytics.v1 import analytics_pb2
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 PREFIX = "/api/v1/analytics/generation"
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -107,7 +112,19 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> we
     body: dict[str, Any] = {"code": code, "message": message}
     if field:
         body["field"] = field
-    return web.json_response({"error": body}, status=status)
+    headers = {"WWW-Authenticate": 'Bearer realm="generation-analytics"'} if status == 401 else None
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+def require_keys(keys: KeyCache) -> Any:
+    """The HTTP twin of the gRPC interceptor: `Authorization: Bearer ga_…`, scope per path (auth.py)."""
+
+    @web.middleware
+    async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await keys.check(bearer(request.headers.get("Authorization")), http_requirement(request.path))
+        return await handler(request)
+
+    return check_key
 
 
 def _reply(message: Message) -> web.Response:
@@ -163,7 +180,8 @@ def build_app(runtime: Runtime) -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "SERVING"})
 
-    app = web.Application(middlewares=[json_errors])
+    middlewares = [json_errors, *([require_keys(runtime.api_keys)] if runtime.api_keys else [])]
+    app = web.Application(middlewares=middlewares)
     app.add_routes(
         [
             *(web.get(PREFIX + path, asking(runtime.queries, path, QUESTIONS[rpc])) for path, rpc in ROUTES.items()),
@@ -173,6 +191,16 @@ def build_app(runtime: Runtime) -> web.Application:
         ]
     )
     return app
+
+
+def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """TLS for the gateway from the same files as gRPC's; with a client CA, client certificates required."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(tls.client_ca_file)
+    return context
 
 
 @dataclass
@@ -189,9 +217,11 @@ async def start_gateway(runtime: Runtime, addr: str) -> Gateway:
     host, _, port = addr.rpartition(":")
     runner = web.AppRunner(build_app(runtime), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    tls = runtime.settings.tls
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port), ssl_context=ssl_context(tls) if tls.enabled else None)
     await site.start()
     server: Any = site._server  # aiohttp exposes the bound sockets only here
     bound = server.sockets[0].getsockname()[1] if server and server.sockets else int(port)
-    log.info("HTTP gateway listening on http://%s:%d%s", host or "127.0.0.1", bound, PREFIX)
+    scheme = "https" if tls.enabled else "http"
+    log.info("HTTP gateway listening on %s://%s:%d%s", scheme, host or "127.0.0.1", bound, PREFIX)
     return Gateway(runner=runner, port=bound)

@@ -31,7 +31,9 @@ from generation_analytics.service.errors import (
     AnalyticsError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from generation_analytics.service.ingest.capture import EventCapture
@@ -55,6 +57,8 @@ FIELD_METADATA_KEY = "ga-field"
 STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     # A dependency that is down is the caller's cue to retry, not a server bug.

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from generation_analytics.service.api.auth import KeyCache, auth_enabled
 from generation_analytics.service.db import async_pool
 from generation_analytics.service.ingest.capture import EventCapture
 from generation_analytics.service.metrics import ServiceMetrics
@@ -34,6 +35,14 @@ class Runtime:
     pipeline: Pipeline
     queries: AnalyticsQueries
     metrics: ServiceMetrics
+    # The API keys' in-memory copy when keys are required (auth on), else None.
+    api_keys: KeyCache | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @staticmethod
+    def listeners(settings: Settings) -> list[str]:
+        http = settings.server.http_addr
+        return [settings.server.listen_addr, *([http] if http.lower() != "off" else [])]
 
     @classmethod
     async def open(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
@@ -51,7 +60,7 @@ class Runtime:
         if settings.schedule.enabled:
             pipeline.start_schedule()
         queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys)
-        return cls(
+        runtime = cls(
             settings=settings,
             keys=keys,
             redis=redis_client,
@@ -61,8 +70,18 @@ class Runtime:
             queries=queries,
             metrics=metrics,
         )
+        if auth_enabled(settings.auth, cls.listeners(settings)):
+            runtime.api_keys = KeyCache(pool, refresh_s=settings.auth.cache_s)
+            try:
+                await runtime.api_keys.reload()
+            except Exception as exc:  # Postgres not up yet: the reload loop catches up
+                log.warning("could not load API keys yet: %s", exc)
+            runtime._tasks.append(asyncio.create_task(runtime.api_keys.run(), name="api-keys"))
+        return runtime
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         await self.capture.close()
         await asyncio.to_thread(self.pipeline.close)
         await self.pool.close()

@@ -6,17 +6,19 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from generation_analytics.service.api.auth import AuthInterceptor, auth_enabled, is_loopback
 from generation_analytics.service.api.gateway import start_gateway
 from generation_analytics.service.api.rpc import AnalyticsServicer, EventServicer, PipelineServicer, add_service
 from generation_analytics.service.api.runtime import Runtime
 from generation_analytics.service.embedded import start_embedded
-from generation_analytics.service.settings import Settings
+from generation_analytics.service.settings import Settings, TlsSettings
 from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        interceptors=[AuthInterceptor(runtime.api_keys)] if runtime.api_keys else None,
     )
     metrics = runtime.metrics
     pipeline = PipelineServicer(
@@ -73,16 +76,49 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
         server,
     )
     addr = listen_addr or runtime.settings.server.listen_addr
-    port = server.add_insecure_port(addr)
+    tls = runtime.settings.tls
+    port = server.add_secure_port(addr, server_credentials(tls)) if tls.enabled else server.add_insecure_port(addr)
     if port == 0:
         raise RuntimeError(f"cannot listen on {addr}")
     await server.start()
-    log.info("gRPC listening on %s (port %d)", addr, port)
+    log.info("gRPC listening on %s (port %d, %s)", addr, port, describe_tls(tls))
     return GrpcServer(server=server, health=health_servicer, port=port)
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """TLS for gRPC from the PEM files; with a client CA, clients must present a certificate it signed."""
+    pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+    ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def describe_tls(tls: TlsSettings) -> str:
+    if not tls.enabled:
+        return "plaintext"
+    return "TLS, client certificates required (mTLS)" if tls.client_ca_file else "TLS"
+
+
+def check_exposure(settings: Settings, *, auth: bool) -> None:
+    """Refuse to serve a network without keys unless that is what the operator asked for."""
+    exposed = [addr for addr in Runtime.listeners(settings) if not is_loopback(addr)]
+    if auth:
+        log.info("auth: on (API keys required; health open; reflection needs any valid key)")
+    elif exposed and not settings.auth.allow_unauthenticated:
+        raise SystemExit(
+            f"refusing to serve {', '.join(exposed)} without API keys (GA_AUTH=off): anyone who can reach it "
+            "could read every user's analytics. Use GA_AUTH=on (or auto), or set GA_ALLOW_UNAUTHENTICATED=true "
+            "if this network is trusted."
+        )
+    elif exposed:
+        log.warning("auth: OFF on %s (GA_ALLOW_UNAUTHENTICATED=true): anyone who can reach it may call anything",
+                    ", ".join(exposed))  # fmt: skip
+    else:
+        log.info("auth: off (loopback only; GA_AUTH=on to require API keys here too)")
 
 
 async def serve(settings: Settings) -> None:
     """Run the whole service until SIGTERM/SIGINT: embedded servers if needed, migrations, gRPC."""
+    check_exposure(settings, auth=auth_enabled(settings.auth, Runtime.listeners(settings)))
     loop = asyncio.get_running_loop()
     settings, embedded = await asyncio.to_thread(start_embedded, settings)
     try:
