@@ -20,6 +20,7 @@ from bench import (
     ingest,
     query_latency,
     transfer_throughput,
+    wide_keys,
 )
 from bench.common import Figure
 
@@ -49,6 +50,8 @@ def main() -> None:
             known=100_000 if args.quick else 1_000_000, events=20_000 if args.quick else 100_000, runs=3
         )
     ]
+
+    figures += [("wide keys", f) for f in wide_keys.measure(keys=10_000 if args.quick else 50_000, runs=5)]
 
     print(f"\nGeneration Analytics benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}, "

@@ -194,6 +194,7 @@ def assert_rollups_match_raw(dsn: str) -> None:
 
 
 TOP_USERS = 1_000  # the most ListTopUsers answers
+LIST = 3  # short lists, so that ranking and the folded rest are checked too
 
 
 async def _answers(dsn: str, days: int, now: datetime) -> tuple[Any, ...]:
@@ -201,10 +202,10 @@ async def _answers(dsn: str, days: int, now: datetime) -> tuple[Any, ...]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         return (
             await overview(conn, w, pending_events=0),
-            await model_performance(conn, w),
-            await failure_analysis(conn, w),
+            await model_performance(conn, w, limit=LIST),
+            await failure_analysis(conn, w, limit=LIST),
             await top_users(conn, w, limit=TOP_USERS),
-            await user_analytics(conn, raw_users[0], w) if (raw_users := _some_users(dsn)) else None,
+            await user_analytics(conn, raw_users[0], w, limit=LIST) if (raw_users := _some_users(dsn)) else None,
         )
 
 
@@ -229,19 +230,39 @@ def assert_queries_match_raw(dsn: str, *, days: Sequence[int] = (1, 7, 30, 90)) 
             s.total_requests, s.successful, s.failed, s.cancelled, len(s.users))  # fmt: skip
 
         by_model = ref.group(window_events, lambda e: e.model_checkpoint)
-        assert {m.model_checkpoint for m in got_models.models} == set(by_model), d
-        for m in got_models.models:
-            ms = ref.summarize(by_model[m.model_checkpoint])
+        summaries = {name: ref.summarize(group) for name, group in by_model.items()}
+        ranking = sorted(summaries, key=lambda n: (-(summaries[n].successful + summaries[n].failed), n))
+        assert [m.model_checkpoint for m in got_models.models] == ranking[:LIST], d
+        assert got_models.total_models == len(ranking)
+        for m in [*got_models.models, *([got_models.others] if got_models.others else [])]:
+            group = (
+                by_model[m.model_checkpoint]
+                if m.model_checkpoint in by_model
+                else [e for name in ranking[LIST:] for e in by_model[name]]
+            )
+            ms = ref.summarize(group)
             assert (m.total_generations, m.successful_generations, m.failed_generations, m.total_images_generated,
                     m.last_used_at) == (ms.successful + ms.failed, ms.successful, ms.failed, ms.images,
                                         ms.last_at), (d, m.model_checkpoint)  # fmt: skip
+        assert (got_models.others is None) == (len(ranking) <= LIST)
 
         failed = [e for e in window_events if e.failed]
         by_error = ref.group(failed, lambda e: e.error_type or "")
         assert (got_failures.total_failures, got_failures.total_completions) == (s.failed, s.successful + s.failed)
-        assert {e.error_type: (e.count, e.affected_users) for e in got_failures.error_types} == {
-            k: (len(v), len({e.user_id for e in v})) for k, v in by_error.items()
-        }, d
+        error_ranking = sorted(by_error, key=lambda k: (-len(by_error[k]), k))
+        assert [(e.error_type, e.count, e.affected_users) for e in got_failures.error_types] == [
+            (k, len(by_error[k]), len({e.user_id for e in by_error[k]})) for k in error_ranking[:LIST]
+        ], d
+        assert got_failures.total_error_types == len(by_error)
+        rest = [e for k in error_ranking[LIST:] for e in by_error[k]]
+        others = got_failures.others
+        assert (others is None) == (not rest)
+        if others is not None:
+            assert (others.count, others.first_seen, others.last_seen) == (
+                len(rest),
+                min(e.timestamp for e in rest),
+                max(e.timestamp for e in rest),
+            )
 
         by_user = ref.group(window_events, lambda e: e.user_id)
         want = sorted(by_user, key=lambda u: (-ref.summarize(by_user[u]).total_requests, u))[:TOP_USERS]
@@ -253,7 +274,15 @@ def assert_queries_match_raw(dsn: str, *, days: Sequence[int] = (1, 7, 30, 90)) 
             assert same(user.avg_duration_ms, us.avg_duration or 0.0)
 
         if got_user is not None:
-            us = ref.summarize(by_user.get(got_user.user_id, []))
+            mine = by_user.get(got_user.user_id, [])
+            us = ref.summarize(mine)
             assert (got_user.total_requests, got_user.successful_generations, got_user.failed_generations,
                     got_user.cancelled_generations) == (us.total_requests, us.successful, us.failed,
                                                         us.cancelled), d  # fmt: skip
+            errors = ref.error_counts(mine)
+            ranked_errors = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))
+            assert [(f.error_type, f.count) for f in got_user.failure_breakdown] == ranked_errors[:LIST]
+            assert (got_user.total_error_types, got_user.other_failures) == (
+                len(errors),
+                sum(n for _, n in ranked_errors[LIST:]),
+            )

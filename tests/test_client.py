@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import socket
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import grpc
+import psycopg
 import pytest
 
 from generation_analytics.client import AnalyticsClient, AnalyticsClientError, build_event
+from generation_analytics.v1 import pipeline_pb2
+from tests.factories import make_event
 from tests.fix_server import LiveServer
 
 
@@ -75,3 +82,104 @@ def test_build_event_refuses_unknown_names() -> None:
         build_event("finished", user_id="u", generation_id="g")
     with pytest.raises(ValueError, match="durations_ms"):
         build_event("completion", user_id="u", generation_id="g", durations_ms=3)
+
+
+class LostReplies(grpc.GenericRpcHandler):
+    """A real gRPC hop in front of the service that passes every call through, but for the first
+    `lose` RecordEvent(s) calls answers UNAVAILABLE *after* the service has recorded the events:
+    the reply lost on the way back, as when a connection drops or a deadline passes at the wrong moment."""
+
+    def __init__(self, upstream: grpc.Channel, *, lose: int) -> None:
+        self._upstream = upstream
+        self._lose = lose
+        self._lock = threading.Lock()
+        self.attempts = 0
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        # Bytes in, bytes out: nothing is decoded on the way.
+        forward = self._upstream.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+        def handle(request: bytes, context: grpc.ServicerContext) -> Any:
+            reply = forward(request, timeout=10)
+            if method.rsplit("/", 1)[1] in {"RecordEvent", "RecordEvents"}:
+                with self._lock:
+                    self.attempts += 1
+                    lost, self._lose = self._lose > 0, self._lose - 1
+                if lost:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset after the request was sent")
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+
+@pytest.fixture
+def lossy(live_server: LiveServer) -> Iterator[Callable[[int], tuple[str, LostReplies]]]:
+    """`lossy(n)`: the address of a proxy to the live server that loses the first n recording replies."""
+    servers: list[grpc.Server] = []
+
+    def start(lose: int) -> tuple[str, LostReplies]:
+        handler = LostReplies(live_server.channel, lose=lose)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}", handler
+
+    yield start
+    for server in servers:
+        server.stop(0)
+
+
+def stored_rows(live_server: LiveServer, generation_ids: list[str]) -> list[tuple[str, str]]:
+    """(generation_id, event_id) of the stored events of these generations, after a transfer."""
+    live_server.pipeline.RunTransfer(pipeline_pb2.RunTransferRequest())
+    with psycopg.connect(live_server.settings.postgres.dsn) as conn:
+        rows = conn.execute(
+            "SELECT generation_id, event_id::text FROM generation_events WHERE generation_id = ANY(%s)"
+            " ORDER BY generation_id",
+            (generation_ids,),
+        ).fetchall()
+    return [(str(g), str(e)) for g, e in rows]
+
+
+def test_a_retry_after_a_lost_reply_is_stored_once(
+    live_server: LiveServer, lossy: Callable[[int], tuple[str, LostReplies]]
+) -> None:
+    # The events carry no event_id: the client must choose one before its first attempt, or the
+    # service, which recorded that attempt, would give the retry another id and store the event twice.
+    address, proxy = lossy(2)
+    one = make_event("request", event_id="", generation_id="lost-one")
+    batch = [make_event("request", event_id="", generation_id=f"lost-batch-{i}") for i in range(3)]
+    with AnalyticsClient(address, timeout_s=10, retries=2, backoff_s=0.01) as client:
+        event_id = client.record_event(one)
+        reply = client.record_events(batch)
+    assert proxy.attempts == 4  # each call: one attempt recorded but answered UNAVAILABLE, one retry
+    assert reply.accepted_count == 3
+    stored = stored_rows(live_server, ["lost-one", *(e.generation_id for e in batch)])
+    assert stored == sorted(
+        [("lost-one", event_id), *zip([e.generation_id for e in batch], reply.event_ids, strict=True)]
+    )
+
+
+def test_sending_the_same_event_twice_stores_it_once(live_server: LiveServer, client: AnalyticsClient) -> None:
+    # The caller's own retry (say, after the client gave up on UNAVAILABLE) resends the same message.
+    event = make_event("request", event_id="", generation_id="twice")
+    batch = [make_event("request", event_id="", generation_id=f"twice-{i}") for i in range(2)]
+    first = client.record_event(event)
+    assert event.event_id == first  # set in place, before the first attempt: documented
+    assert client.record_event(event) == first
+    ids = list(client.record_events(batch).event_ids)
+    assert [e.event_id for e in batch] == ids
+    assert list(client.record_events(batch).event_ids) == ids
+    stored = stored_rows(live_server, ["twice", "twice-0", "twice-1"])
+    assert stored == [("twice", first), ("twice-0", ids[0]), ("twice-1", ids[1])]
+
+
+def test_an_event_with_an_id_keeps_it(client: AnalyticsClient) -> None:
+    event = make_event("request")
+    chosen = event.event_id
+    assert client.record_event(event) == chosen
+    fresh = [make_event("request", event_id=""), make_event("request", event_id="")]
+    client.record_events(fresh)
+    assert len({uuid.UUID(e.event_id) for e in fresh}) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,3 +141,137 @@ def test_metrics_report_the_service(loaded: LiveServer) -> None:
     assert 'ga_job_runs_total{job="transfer",outcome="success"} 1.0' in body
     assert "ga_stream_backlog 0.0" in body
     assert 'ga_rpc_duration_seconds_count{code="OK",method="RecordEvents"} 1.0' in body
+
+
+def get_raw(server: LiveServer, path_and_query: str) -> requests.Response:
+    """GET a target exactly as written (no re-encoding by `requests`)."""
+    return requests.get(server.http + path_and_query, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "says"),
+    [
+        ("days=7_0", "days", "digits 0-9"),  # int() takes "7_0" as 70
+        ("days=%2B7", "days", "digits 0-9"),  # "+7"
+        ("days=%207", "days", "digits 0-9"),  # " 7"
+        ("days=7%20", "days", "digits 0-9"),  # "7 "
+        ("days=%D9%A7", "days", "digits 0-9"),  # "٧", ARABIC-INDIC DIGIT SEVEN
+        ("days=%EF%BC%97", "days", "digits 0-9"),  # "７", FULLWIDTH DIGIT SEVEN
+        ("days=-7", "days", "digits 0-9"),
+        ("days=" + "9" * 5000, "days", "too many digits"),  # beyond what int() converts
+        ("days=7&days=8", "days", "given 2 times"),
+        ("days=7&days=7", "days", "given 2 times"),  # even when they agree: one way to ask
+        ("days=", "days", "must not be empty (omit it for the default)"),
+        ("days", "days", "must not be empty (omit it for the default)"),
+    ],
+)
+def test_integers_are_ascii_digits_given_once_and_not_empty(
+    live_server: LiveServer, query: str, field: str, says: str
+) -> None:
+    response = get_raw(live_server, f"{PREFIX}/overview?{query}")
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and error["field"] == field
+    assert says in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/trends", "interval=", "interval"),
+        ("/trends", "interval=daily&interval=hourly", "interval"),
+        ("/events", "success=", "success"),
+        ("/events", "page_token=", "page_token"),
+        ("/events", "user_id=", "user_id"),
+        ("/events", "page_size=%D9%A3", "page_size"),
+        ("/events", "success=%C4%B0", "success"),  # "İ": no Unicode case mapping onto the words
+        ("/users", "limit=1_0", "limit"),
+    ],
+)
+def test_every_parameter_follows_the_same_rules(live_server: LiveServer, path: str, query: str, field: str) -> None:
+    response = get_raw(live_server, f"{PREFIX}{path}?{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize("query", ["days=7", "days=007", "success=TRUE&days=3", "success=No", "success=1", "success=0",
+                                   "success=yes", "order=SLOWEST&page_size=5"])  # fmt: skip
+def test_good_parameters_are_accepted(live_server: LiveServer, query: str) -> None:
+    response = get_raw(live_server, f"{PREFIX}/events?{query}")
+    assert response.status_code == 200, response.text
+
+
+def test_wrong_method_answers_json_405_with_allow(live_server: LiveServer) -> None:
+    for path in (f"{PREFIX}/overview", "/healthz", "/metrics"):
+        response = requests.post(live_server.http + path, json={}, timeout=10)
+        assert response.status_code == 405
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+        error = response.json()["error"]
+        assert error["code"] == "METHOD_NOT_ALLOWED" and "POST" in error["message"]
+
+
+def no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+def test_too_long_url_answers_json_414_without_an_error_logged(
+    live_server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    assert get_raw(live_server, f"{PREFIX}/overview?days=7&dayz=" + "x" * 8000).status_code == 400  # 8,1xx: fine
+    response = get_raw(live_server, f"{PREFIX}/overview?days=7&x=" + "x" * 8190)
+    assert response.status_code == 414
+    assert response.json()["error"]["code"] == "URI_TOO_LONG"
+    assert "8190" in response.json()["error"]["message"]
+    no_error_logged(caplog)
+
+
+def test_too_large_header_answers_json_431_without_an_error_logged(
+    live_server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fine = requests.get(f"{live_server.http}{PREFIX}/overview", headers={"X-Big": "x" * 8000}, timeout=10)
+    assert fine.status_code == 200
+    for size in (8190, 20_000):
+        response = requests.get(f"{live_server.http}{PREFIX}/overview", headers={"X-Big": "x" * size}, timeout=10)
+        assert response.status_code == 431, size
+        error = response.json()["error"]
+        assert error["code"] == "REQUEST_HEADER_FIELDS_TOO_LARGE" and "X-Big" in error["message"]
+    # Every path, the open ones too.
+    assert requests.get(f"{live_server.http}/healthz", headers={"X-Big": "x" * 9000}, timeout=10).status_code == 431
+    no_error_logged(caplog)
+
+
+def test_requests_beyond_the_parser_limit_are_refused_without_a_traceback(
+    live_server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    secret = "ga_secret_" + "s" * 100_000
+    for request in (
+        lambda: requests.get(f"{live_server.http}/healthz", headers={"Authorization": f"Bearer {secret}"}, timeout=10),
+        lambda: get_raw(live_server, f"{PREFIX}/overview?x=" + "x" * 100_000),
+    ):
+        try:
+            response = request()
+        except requests.ConnectionError:
+            continue  # the server may close before the client has finished sending: refused all the same
+        assert response.status_code == 400
+    no_error_logged(caplog)
+    refused = [r.getMessage() for r in caplog.records if "refused an unreadable request" in r.getMessage()]
+    assert refused and all("ga_secret_" not in line for line in refused)
+    assert requests.get(f"{live_server.http}/healthz", timeout=10).status_code == 200, "the gateway still serves"
+
+
+def test_readiness_and_liveness(live_server: LiveServer) -> None:
+    live = requests.get(f"{live_server.http}/healthz", timeout=10)
+    assert live.status_code == 200 and live.json() == {"status": "SERVING"}
+    ready = requests.get(f"{live_server.http}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "SERVING", "redis": "up", "postgres": "up"}
+
+
+def test_metrics_say_the_stream_figures_are_current(loaded: LiveServer) -> None:
+    body = requests.get(f"{loaded.http}/metrics", timeout=10).text
+    assert "ga_stream_up 1.0" in body and "ga_stream_length " in body

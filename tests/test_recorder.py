@@ -7,9 +7,11 @@ import sys
 import textwrap
 import time
 import uuid
+from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 import redis
@@ -20,6 +22,7 @@ from generation_analytics.service.settings import RedisSettings, Settings
 from generation_analytics.service.stream import StreamKeys
 from generation_analytics.v1 import pipeline_pb2
 from tests.fix_server import LiveServer
+from tests.test_client import LostReplies
 
 
 def stream_length(url: str, namespace: str) -> int:
@@ -132,3 +135,24 @@ def test_recording_from_many_threads_loses_nothing(live_server: LiveServer, redi
         assert recorder.flush(timeout_s=30)
         assert (recorder.stats.recorded, recorder.stats.delivered) == (2_000, 2_000)
     assert stream_length(redis_url, live_server.settings.redis.namespace) == 2_000
+
+
+def test_a_batch_whose_reply_was_lost_is_stored_once(live_server: LiveServer) -> None:
+    # The service records the batch but the reply never arrives (UNAVAILABLE): the recorder resends the
+    # same batch with the ids it gave the events before the first attempt, so each is stored once.
+    proxy = LostReplies(live_server.channel, lose=1)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[proxy])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        # One batch exactly: only a full buffer wakes the sender (the interval is far away).
+        with EventRecorder(f"127.0.0.1:{port}", batch_size=20, flush_interval_s=60, max_backoff_s=0.1) as recorder:
+            for i in range(20):
+                recorder.record("request", user_id=str(uuid.uuid4()), generation_id=f"lost-{i}")
+            assert recorder.flush(timeout_s=30)
+            stats = recorder.stats
+    finally:
+        server.stop(0)
+    assert (proxy.attempts, stats.failed_attempts, stats.delivered, stats.rejected) == (2, 1, 20, 0)
+    assert live_server.pipeline.RunTransfer(pipeline_pb2.RunTransferRequest()).duplicates == 20
+    assert stored_count(live_server.settings.postgres.dsn) == 20

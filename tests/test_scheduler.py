@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,7 +30,12 @@ class Flaky:
         return type("Report", (), {"processed": 7})()
 
 
-def test_failing_job_backs_off_and_recovers(pipeline: Pipeline, settings: Settings) -> None:
+INCIDENT = re.compile(r"RuntimeError \(error id ([0-9a-f]{8}); details in the service log\)")
+
+
+def test_failing_job_backs_off_and_recovers(
+    pipeline: Pipeline, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     body = Flaky(failures=1)
     job = PipelineJob("flaky", body, interval_s=0.05, pool=pipeline.pool, replica="test")  # type: ignore[arg-type]
 
@@ -43,14 +49,18 @@ def test_failing_job_backs_off_and_recovers(pipeline: Pipeline, settings: Settin
 
     with psycopg.connect(settings.postgres.dsn) as conn:
         row = conn.execute("SELECT processed, error, last_error FROM pipeline_job_runs WHERE job = 'flaky'").fetchone()
-    assert row == (7, None, "RuntimeError: failure 1")
+    assert row is not None and row[:2] == (7, None)
+    reported = INCIDENT.fullmatch(row[2])  # the failure's kind and an id, never its text
+    assert reported is not None and "failure 1" not in row[2]
+    logged = [r for r in caplog.records if reported.group(1) in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "failure 1" in str(logged[0].exc_info[1])
 
 
 def test_run_once_can_surface_the_error(pipeline: Pipeline) -> None:
     job = PipelineJob("flaky", Flaky(failures=5), interval_s=1, pool=pipeline.pool, replica="test")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="failure 1"):
         job.run_once(raise_errors=True)
-    assert job.last_run is not None and job.last_run.error == "RuntimeError: failure 1"
+    assert job.last_run is not None and INCIDENT.fullmatch(job.last_run.error or "")
 
 
 def test_scheduled_pipeline_makes_recorded_events_visible_on_its_own(settings: Settings) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +28,12 @@ from generation_analytics.questions import QUESTIONS, Question, UnknownValue, bu
 from generation_analytics.vocabulary import Word
 
 DEFAULT_TARGET = os.environ.get("GA_TARGET", "127.0.0.1:50051")
+# A reader that went away (`| head -1`): exit as a command killed by SIGPIPE does in a shell (128 + 13).
+EXIT_BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
+
+
+class CliError(Exception):
+    """A mistake in how the command was called: shown as one `error: …` line, exit status 2 (as argparse)."""
 
 
 # ---------------------------------------------------------------- service commands
@@ -172,6 +179,21 @@ def _optional_table(key: str, columns: Sequence[str], empty: str, title: str = "
     return lambda d: (title + table(d[key], columns)) if d[key] else empty
 
 
+# The status reply's last runs, one row each (they are messages, which `fields_block` leaves out).
+JOB_RUNS = ("last_transfer", "last_aggregation")
+JOB_RUN_COLUMNS = ("run", "started_at", "duration_s", "processed", "error", "last_error", "last_error_at")
+
+
+def _job_runs(data: dict[str, Any]) -> str:
+    rows = []
+    for key in JOB_RUNS:
+        run = data.get(key) or {}
+        row = {"run": key.removeprefix("last_"), **(run if run.get("started_at") else {"started_at": "never"})}
+        # An error's text may span lines; a table row may not.
+        rows.append({k: " ".join(v.split()) if isinstance(v, str) else v for k, v in row.items()})
+    return "last runs:\n" + table(rows, JOB_RUN_COLUMNS)
+
+
 @dataclass(frozen=True)
 class Command:
     """One client command: what it asks (a question, whose fields become its arguments, or a call) and
@@ -242,7 +264,8 @@ COMMANDS: dict[str, Command] = {
     "status": Command(
         "pipeline health (stream backlog, freshness, last runs)",
         _blocks(
-            fields_block,
+            lambda d: fields_block(d, skip=JOB_RUNS),
+            _job_runs,
             _columns("hours_with_data", "day", "hours_with_data"),
             _optional_table(
                 "failing_hours", ["hour", "failing_since", "failures", "next_retry_at", "last_error"], "",
@@ -255,9 +278,7 @@ COMMANDS: dict[str, Command] = {
     "aggregate": Command(
         "recompute dirty hours now (or every hour of a range)",
         fields_block,
-        call=lambda c, a: c.run_aggregation(
-            _hour(a.start_hour) if a.start_hour else None, _hour(a.end_hour) if a.end_hour else None
-        ),
+        call=lambda c, a: c.run_aggregation(*_aggregation_range(a)),
     ),
 }  # fmt: skip
 # Shorter spellings kept from earlier versions of the CLI.
@@ -277,24 +298,29 @@ def _ask(client: AnalyticsClient, args: argparse.Namespace) -> Message:
     try:
         question = build(command.question, **values)
     except UnknownValue as exc:
-        raise SystemExit(f"error: --{exc.field.replace('_', '-')}: {exc}") from None
+        raise CliError(f"--{exc.field.replace('_', '-')}: {exc}") from None
     response: Message = client.ask(question)
     return response
 
 
 def _client(args: argparse.Namespace, **options: Any) -> AnalyticsClient:
-    return AnalyticsClient(
-        args.target,
-        api_key=args.api_key,
-        ca_file=args.ca,
-        client_cert_file=args.cert,
-        client_key_file=args.key,
-        tls=True if args.tls else None,
-        **options,
-    )
+    try:
+        return AnalyticsClient(
+            args.target,
+            api_key=args.api_key,
+            ca_file=args.ca,
+            client_cert_file=args.cert,
+            client_key_file=args.key,
+            tls=True if args.tls else None,
+            **options,
+        )
+    except (ValueError, OSError) as exc:  # a certificate without its key, a file that cannot be read
+        raise CliError(f"cannot set up the connection to {args.target}: {exc}") from None
 
 
 def _query(args: argparse.Namespace) -> int:
+    if args.command == "aggregate":
+        _aggregation_range(args)  # refuse a bad range before connecting
     with _client(args, timeout_s=args.timeout) as client:
         reply = _ask(client, args)
     data = to_jsonable(reply)
@@ -305,9 +331,26 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hour(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
+def _hour(option: str, text: str) -> datetime:
+    """`text` as an aware datetime (UTC unless it says otherwise); CliError naming `option` if it is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{option}: not an ISO time (e.g. 2026-11-28T13:00): {text!r}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _aggregation_range(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
+    """`aggregate`'s --start-hour and --end-hour: both (a range to recompute) or neither (the dirty hours)."""
+    if bool(args.start_hour) != bool(args.end_hour):
+        given, missing = ("--start-hour", "--end-hour") if args.start_hour else ("--end-hour", "--start-hour")
+        raise CliError(f"{given} needs {missing} too (give both to recompute a range, or neither)")
+    if not args.start_hour:
+        return None, None
+    start, end = _hour("--start-hour", args.start_hour), _hour("--end-hour", args.end_hour)
+    if end < start:
+        raise CliError(f"--end-hour ({end.isoformat()}) is before --start-hour ({start.isoformat()})")
+    return start, end
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -410,14 +453,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
+        # Flush here, not at interpreter exit, so that a reader gone away is noticed below.
+        sys.stdout.flush()
         return result
+    except BrokenPipeError:
+        # The reader closed early (`| head -1`): what it wanted is out. As Python's docs recommend (the
+        # signal module's note on SIGPIPE), point stdout at devnull so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except AnalyticsClientError as exc:
+        details = " ".join(exc.details.split())  # one line, even for a database error with its CONTEXT
         if exc.code.name == "UNAVAILABLE":
-            print(f"error: cannot reach the service at {getattr(args, 'target', '?')} ({exc.details})", file=sys.stderr)
+            print(f"error: cannot reach the service at {getattr(args, 'target', '?')} ({details})", file=sys.stderr)
             print("hint: start it with `make run`, or pass --target HOST:PORT", file=sys.stderr)
             return 2
         where = f" (field: {exc.field})" if exc.field else ""
-        print(f"error: {exc.code.name}{where}: {exc.details}", file=sys.stderr)
+        print(f"error: {exc.code.name}{where}: {details}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

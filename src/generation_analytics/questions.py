@@ -52,6 +52,7 @@ class UserQuestion(Question):
     DEFAULT_DAYS = 30
 
     user_id: str
+    limit: int | None = None  # longest breakdown list (LIST_LIMIT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,11 +60,15 @@ class ModelsQuestion(Question):
     RPC = "GetModelPerformance"
     DEFAULT_DAYS = 30
 
+    limit: int | None = None
+
 
 @dataclass(frozen=True, kw_only=True)
 class FailuresQuestion(Question):
     RPC = "GetFailureAnalysis"
     DEFAULT_DAYS = 7
+
+    limit: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +57,20 @@ def _timestamp(moment: datetime) -> Any:
     return ts
 
 
+def assign_event_ids(events: Iterable[events_pb2.GenerationEvent]) -> None:
+    """Give every event without an event_id a fresh UUID, in place.
+
+    An UNAVAILABLE or DEADLINE_EXCEEDED does not say the event was not recorded: the reply may have
+    been lost after Redis took it. The id is what lets the service store a resent event once (transfer
+    inserts ON CONFLICT (event_id) DO NOTHING); an id the server chose would differ on every attempt.
+    So it is chosen here, before the first attempt, and kept on the caller's message: every retry,
+    ours or the caller's with the same message, carries the same id.
+    """
+    for event in events:
+        if not event.event_id:
+            event.event_id = str(uuid.uuid4())
+
+
 def open_channel(
     target: str,
     *,
@@ -90,7 +105,8 @@ class AnalyticsClient:
 
     Every call has a deadline (`timeout_s`) and is retried on UNAVAILABLE / RESOURCE_EXHAUSTED /
     DEADLINE_EXCEEDED with exponential backoff and jitter: all calls are safe to retry (queries read;
-    events carry client-chosen event_ids, so a retried record is stored once).
+    events carry client-chosen event_ids, set before the first attempt when missing, so a retried
+    record is stored once).
 
     Security (when the service requires it): `api_key` is sent as `authorization: Bearer …` on every
     call; TLS is used when `tls` is true or a CA or client certificate is given (mTLS). Each defaults
@@ -157,11 +173,21 @@ class AnalyticsClient:
     # EventService
 
     def record_event(self, event: events_pb2.GenerationEvent) -> str:
-        """Record one event (build it with `build_event`); returns its event_id."""
+        """Record one event (build it with `build_event`); returns its event_id.
+
+        An event without an event_id gets one before the first attempt, set on `event` itself (see
+        `assign_event_ids`): sending the same message again, after an error, stores it once. A message
+        stands for one event; for another, build a new one (or clear its event_id).
+        """
+        assign_event_ids((event,))
         return self._call(self._events.RecordEvent, events_pb2.RecordEventRequest(event=event)).event_id
 
     def record_events(self, events: Sequence[events_pb2.GenerationEvent]) -> events_pb2.RecordEventsResponse:
-        """Record a batch; invalid events come back in `rejections`, the valid ones are kept."""
+        """Record a batch; invalid events come back in `rejections`, the valid ones are kept.
+
+        Events without an event_id get one first, in place, as in `record_event`.
+        """
+        assign_event_ids(events)
         return self._call(self._events.RecordEvents, events_pb2.RecordEventsRequest(events=events))
 
     # AnalyticsService: every RPC is a question (generation_analytics.questions); `ask` asks any of them.

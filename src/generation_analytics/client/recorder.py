@@ -2,8 +2,10 @@
 
 `record()` only appends a tuple to an in-memory buffer (a couple of microseconds); a background
 thread turns buffered events into batches (by size, or every `flush_interval_s`), gives each event
-its event_id once, and sends it with `RecordEvents`, retrying UNAVAILABLE / RESOURCE_EXHAUSTED with
-capped exponential backoff and jitter — the same batch with the same ids, so nothing is stored twice.
+its event_id once (`build_event`, before the first attempt), and sends it with `RecordEvents`,
+retrying UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED with capped exponential backoff and
+jitter — the same batch with the same ids, so an attempt whose reply was lost (the events were
+recorded all the same) is stored once.
 The buffer is bounded: when it is full, new events are dropped and counted (`stats.dropped`), never
 blocking the caller. `close()` (also run at interpreter exit) flushes what is left.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 
 class AnalyticsError(Exception):
     """Root of every error the service raises on purpose."""
@@ -34,3 +36,9 @@ class Unauthenticated(AnalyticsError):
 
 class PermissionDenied(AnalyticsError):
     """A valid API key without the scope the call needs (the message names it)."""
+
+
+def incident(exc: BaseException) -> str:
+    """What status reports say of an unexpected failure: its kind and an error id the log has with the
+    details (never database or Redis text, which can hold host names, SQL, or key values). Log the id."""
+    return f"{type(exc).__name__} (error id {secrets.token_hex(4)}; details in the service log)"

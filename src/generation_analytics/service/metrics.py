@@ -1,10 +1,16 @@
 """Prometheus metrics of the service itself, served at /metrics by the HTTP gateway.
 
 Each Runtime has its own registry (tests run several servers in one process). Stream figures are
-read from Redis when /metrics is scraped, so they are never stale.
+read from Redis when /metrics is scraped, so they are never stale: when Redis cannot be read,
+`ga_stream_up` is 0 and the stream gauges (`ga_stream_backlog`, `ga_stream_length`,
+`ga_transfer_lag_seconds`, `ga_dead_letters`) are NaN, never the last figures read as if current.
+Alert on `ga_stream_up == 0`; NaN compares false with any threshold, so backlog alerts neither fire
+nor clear on a figure nobody measured.
 """
 
 from __future__ import annotations
+
+import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -34,6 +40,11 @@ class ServiceMetrics:
             "ga_transfer_lag_seconds", "Age of the oldest event not yet in Postgres (0 when none)", registry=r
         )
         self.dead_letters = Gauge("ga_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.stream_up = Gauge(
+            "ga_stream_up",
+            "1 if the stream figures were read from Redis by this scrape, 0 if not (then NaN)",
+            registry=r,
+        )
         self.job_runs = Counter("ga_job_runs_total", "Pipeline job runs by outcome", ["job", "outcome"], registry=r)
         self.job_duration = Histogram(
             "ga_job_duration_seconds",
@@ -52,7 +63,12 @@ class ServiceMetrics:
         self.job_processed.labels(job).inc(processed)
 
     def render(self, stream: StreamStatus | None, now_s: float) -> bytes:
-        if stream is not None:
+        """The exposition text; `stream` None means Redis could not be read for this scrape."""
+        self.stream_up.set(0 if stream is None else 1)
+        if stream is None:
+            for gauge in (self.stream_backlog, self.stream_length, self.dead_letters, self.transfer_lag):
+                gauge.set(math.nan)
+        else:
             self.stream_backlog.set(stream.backlog)
             self.stream_length.set(stream.length)
             self.dead_letters.set(stream.dead_letters)

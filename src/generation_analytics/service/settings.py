@@ -8,18 +8,97 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
+
+# Names of parameters that hold a secret, in libpq key=value strings and URL query strings (`password`,
+# `sslpassword`, Redis' `?password=`, …). Over-matching only hides a harmless value; under-matching leaks.
+_SECRET_NAME = re.compile(r"pass(word|wd)?|pwd|secret|token", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_HIDDEN = "***"
 
 
-def _hide_password(url: str) -> str:
-    """Return `url` (a URL or a libpq key=value string) with any password replaced by `***`."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)\S+", r"\1***", url)
+def _hide_password(value: str) -> str:
+    """Return `value` (a URL or a libpq key=value string) with every password replaced by `***`.
+
+    Each form is parsed, not pattern-matched, so quoting and escaping cannot leave part of a secret
+    behind: key=value strings with libpq's own parser (`user=u password='s3 cret'`), URLs with
+    urllib (`postgresql://u:pw@h/d`, `redis://:pw@h/0`, `rediss://h/0?password=pw`). A string that
+    fails to parse is cut off where a secret could start, so nothing after it is ever shown.
+    """
+    if not any(mark in value for mark in ("=", "@", "://")):
+        return value  # no syntax that can hold a password (a host:port, a path, a word)
+    try:
+        hidden = _hide_in_url(value) if _URL_SCHEME.match(value) else _hide_in_conninfo(value)
+    except ValueError:
+        hidden = None
+    return _hide_after_secret(value) if hidden is None else hidden
+
+
+def _hide_in_url(url: str) -> str | None:
+    """The password of the userinfo and every secret query parameter; None when the split is doubtful.
+
+    An unescaped `#`, `?` or `/` inside a password makes urllib end the userinfo early (libpq reads
+    such a URL differently), so a fragment, or an `@` left outside the host part, means "do not trust
+    this split" and the caller falls back to hiding everything from where a secret could start.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if "#" in url or "@" in parts.path + parts.query:
+        return None
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:{_HIDDEN}@{host}"
+    # Rebuilt by hand: urlunsplit drops the empty host of `postgresql:///db?host=/tmp`.
+    query = f"?{_hide_in_query(parts.query)}" if parts.query else ""
+    return f"{url[: url.index('://')]}://{netloc}{parts.path}{query}"
+
+
+def _hide_in_query(query: str) -> str:
+    # Segment by segment rather than parse_qsl + urlencode, so that every other parameter keeps its
+    # exact spelling; names are compared decoded (`pass%77ord` is `password` too).
+    segments = []
+    for segment in re.split(r"([&;])", query):
+        name, eq, _ = segment.partition("=")
+        secret = eq and _SECRET_NAME.search(unquote_plus(name))
+        segments.append(f"{name}={_HIDDEN}" if secret else segment)
+    return "".join(segments)
+
+
+def _hide_in_conninfo(dsn: str) -> str | None:
+    """libpq's parse of a key=value string, rebuilt with the secrets hidden; None if it does not parse."""
+    try:
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    except ImportError:  # the client-only install: the fallback hides conservatively
+        return None
+    try:
+        params = conninfo_to_dict(dsn)
+        # libpq expands a `dbname` that is itself a connection string or URL: hide inside values too.
+        hidden = {
+            k: _HIDDEN if _SECRET_NAME.search(k) else _hide_password(v) if isinstance(v, str) else v
+            for k, v in params.items()
+        }
+        return make_conninfo("", **hidden)
+    except PsycopgError:
+        return None
+
+
+def _hide_after_secret(text: str) -> str:
+    """The fallback for what does not parse: everything from where a secret could start is hidden —
+    after the first secret-looking name, or after the `:` of a URL's userinfo — whichever comes first."""
+    cuts = []
+    name = _SECRET_NAME.search(text)
+    if name:
+        cuts.append((name.end(), "=" + _HIDDEN))
+    scheme = _URL_SCHEME.match(text)
+    start = scheme.end() if scheme else 0
+    userinfo = text[start:].rpartition("@")[0]
+    if ":" in userinfo:
+        cuts.append((start + userinfo.index(":") + 1, _HIDDEN))
+    if not cuts:
+        return text
+    cut, mask = min(cuts)
+    return text[:cut] + mask
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -286,22 +286,33 @@ class GetUserAnalyticsRequest(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     DAYS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """UUID of the user."""
     days: _builtins.int
+    limit: _builtins.int
+    """How many entries each list holds at most: 1..1000, default 100. The rest is summed up in
+    the answer's totals (every list comes with its total count), so sums still add up.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         days: _builtins.int | None = ...,
+        limit: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
 
 Global___GetUserAnalyticsRequest: _TypeAlias = GetUserAnalyticsRequest  # noqa: Y015
 
@@ -373,6 +384,10 @@ class GetUserAnalyticsResponse(_message.Message):
     FAILURE_BREAKDOWN_FIELD_NUMBER: _builtins.int
     MODELS_USED_FIELD_NUMBER: _builtins.int
     RECENT_ACTIVITY_FIELD_NUMBER: _builtins.int
+    TOTAL_ERROR_TYPES_FIELD_NUMBER: _builtins.int
+    OTHER_FAILURES_FIELD_NUMBER: _builtins.int
+    TOTAL_MODELS_FIELD_NUMBER: _builtins.int
+    OTHER_MODEL_USES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     lookback_days: _builtins.int
     total_requests: _builtins.int
@@ -384,6 +399,12 @@ class GetUserAnalyticsResponse(_message.Message):
     p50_duration_ms: _builtins.float
     p95_duration_ms: _builtins.float
     total_images_generated: _builtins.int
+    total_error_types: _builtins.int
+    """Distinct error types of the user's failures, and the failures of those beyond the list."""
+    other_failures: _builtins.int
+    total_models: _builtins.int
+    """Distinct checkpoints the user's events named, and the events naming those beyond the list."""
+    other_model_uses: _builtins.int
     @_builtins.property
     def first_generation_at(self) -> _timestamp_pb2.Timestamp:
         """First and last event of the user in the window; unset when there is none."""
@@ -391,9 +412,13 @@ class GetUserAnalyticsResponse(_message.Message):
     @_builtins.property
     def last_generation_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def failure_breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureCount]: ...
+    def failure_breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureCount]:
+        """Most frequent first, at most `limit`; total_error_types and other_failures account for the rest."""
+
     @_builtins.property
-    def models_used(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUsage]: ...
+    def models_used(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUsage]:
+        """Most used first, at most `limit`; total_models and other_model_uses account for the rest."""
+
     @_builtins.property
     def recent_activity(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.StoredEvent]:
         """The user's 20 most recent events in the window, newest first."""
@@ -417,10 +442,14 @@ class GetUserAnalyticsResponse(_message.Message):
         failure_breakdown: _abc.Iterable[Global___FailureCount] | None = ...,
         models_used: _abc.Iterable[Global___ModelUsage] | None = ...,
         recent_activity: _abc.Iterable[_events_pb2.StoredEvent] | None = ...,
+        total_error_types: _builtins.int = ...,
+        other_failures: _builtins.int = ...,
+        total_models: _builtins.int = ...,
+        other_model_uses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_generation_at", b"first_generation_at", "last_generation_at", b"last_generation_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "cancelled_generations", b"cancelled_generations", "failed_generations", b"failed_generations", "failure_breakdown", b"failure_breakdown", "first_generation_at", b"first_generation_at", "last_generation_at", b"last_generation_at", "lookback_days", b"lookback_days", "models_used", b"models_used", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "recent_activity", b"recent_activity", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_images_generated", b"total_images_generated", "total_requests", b"total_requests", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "cancelled_generations", b"cancelled_generations", "failed_generations", b"failed_generations", "failure_breakdown", b"failure_breakdown", "first_generation_at", b"first_generation_at", "last_generation_at", b"last_generation_at", "lookback_days", b"lookback_days", "models_used", b"models_used", "other_failures", b"other_failures", "other_model_uses", b"other_model_uses", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "recent_activity", b"recent_activity", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_error_types", b"total_error_types", "total_images_generated", b"total_images_generated", "total_models", b"total_models", "total_requests", b"total_requests", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,19 +460,30 @@ class GetModelPerformanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DAYS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     days: _builtins.int
+    limit: _builtins.int
+    """How many entries each list holds at most: 1..1000, default 100. The rest is summed up in
+    the answer's totals (every list comes with its total count), so sums still add up.
+    """
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
+        limit: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
 
 Global___GetModelPerformanceRequest: _TypeAlias = GetModelPerformanceRequest  # noqa: Y015
 
@@ -506,20 +546,32 @@ class GetModelPerformanceResponse(_message.Message):
 
     LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    TOTAL_MODELS_FIELD_NUMBER: _builtins.int
+    OTHERS_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
+    total_models: _builtins.int
+    """Distinct checkpoints in the window."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelPerformance]:
-        """Ordered by total_generations, descending."""
+        """Ordered by total_generations, descending (then by name); at most `limit`."""
+
+    @_builtins.property
+    def others(self) -> Global___ModelPerformance:
+        """The checkpoints beyond the list, summed (model_checkpoint "(others)"; counts, rates, average and
+        images exact; its percentiles are not computed and stay 0). Unset when the list holds them all.
+        """
 
     def __init__(
         self,
         *,
         lookback_days: _builtins.int = ...,
         models: _abc.Iterable[Global___ModelPerformance] | None = ...,
+        total_models: _builtins.int = ...,
+        others: Global___ModelPerformance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["others", b"others"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback_days", b"lookback_days", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback_days", b"lookback_days", "models", b"models", "others", b"others", "total_models", b"total_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,19 +582,30 @@ class GetFailureAnalysisRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DAYS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     days: _builtins.int
+    limit: _builtins.int
+    """How many entries each list holds at most: 1..1000, default 100. The rest is summed up in
+    the answer's totals (every list comes with its total count), so sums still add up.
+    """
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
+        limit: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
 
 Global___GetFailureAnalysisRequest: _TypeAlias = GetFailureAnalysisRequest  # noqa: Y015
 
@@ -560,17 +623,20 @@ class ErrorTypeSummary(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     FIRST_SEEN_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    TOTAL_MODELS_FIELD_NUMBER: _builtins.int
     error_type: _builtins.str
     count: _builtins.int
     avg_duration_ms: _builtins.float
     affected_users: _builtins.int
+    total_models: _builtins.int
+    """Distinct checkpoints that produced this error."""
     @_builtins.property
     def sample_messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to 5 distinct messages."""
 
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Checkpoints that produced this error, most affected first."""
+        """Checkpoints that produced this error, most affected first (at most 10)."""
 
     @_builtins.property
     def first_seen(self) -> _timestamp_pb2.Timestamp: ...
@@ -587,10 +653,11 @@ class ErrorTypeSummary(_message.Message):
         models: _abc.Iterable[_builtins.str] | None = ...,
         first_seen: _timestamp_pb2.Timestamp | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        total_models: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_users", b"affected_users", "avg_duration_ms", b"avg_duration_ms", "count", b"count", "error_type", b"error_type", "first_seen", b"first_seen", "last_seen", b"last_seen", "models", b"models", "sample_messages", b"sample_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_users", b"affected_users", "avg_duration_ms", b"avg_duration_ms", "count", b"count", "error_type", b"error_type", "first_seen", b"first_seen", "last_seen", b"last_seen", "models", b"models", "sample_messages", b"sample_messages", "total_models", b"total_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -639,6 +706,7 @@ class GetFailureAnalysisResponse(_message.Message):
     TOTAL_ERROR_TYPES_FIELD_NUMBER: _builtins.int
     ERROR_TYPES_FIELD_NUMBER: _builtins.int
     FAILURE_TRENDS_FIELD_NUMBER: _builtins.int
+    OTHERS_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
     total_failures: _builtins.int
     total_completions: _builtins.int
@@ -646,10 +714,16 @@ class GetFailureAnalysisResponse(_message.Message):
     total_error_types: _builtins.int
     @_builtins.property
     def error_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorTypeSummary]:
-        """Ordered by count, descending."""
+        """Ordered by count, descending (then by name); at most `limit`."""
 
     @_builtins.property
     def failure_trends(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailureTrendPoint]: ...
+    @_builtins.property
+    def others(self) -> Global___ErrorTypeSummary:
+        """The error types beyond the list, summed (error_type "(others)"; count, average duration, first and
+        last seen exact; no samples, users or checkpoints). Unset when the list holds them all.
+        """
+
     def __init__(
         self,
         *,
@@ -660,10 +734,11 @@ class GetFailureAnalysisResponse(_message.Message):
         total_error_types: _builtins.int = ...,
         error_types: _abc.Iterable[Global___ErrorTypeSummary] | None = ...,
         failure_trends: _abc.Iterable[Global___FailureTrendPoint] | None = ...,
+        others: Global___ErrorTypeSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["others", b"others"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_types", b"error_types", "failure_rate_pct", b"failure_rate_pct", "failure_trends", b"failure_trends", "lookback_days", b"lookback_days", "total_completions", b"total_completions", "total_error_types", b"total_error_types", "total_failures", b"total_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_types", b"error_types", "failure_rate_pct", b"failure_rate_pct", "failure_trends", b"failure_trends", "lookback_days", b"lookback_days", "others", b"others", "total_completions", b"total_completions", "total_error_types", b"total_error_types", "total_failures", b"total_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,20 @@ question's field types; responses are the RPCs' messages rendered by `generation
 proto field names, every field present, numbers as JSON numbers, RFC 3339 times. Bad parameters answer 400 with
 `{"error": {"code": "INVALID_ARGUMENT", "field": ..., "message": ...}}`; other failures use the same
 exception -> status mapping as gRPC (rpc.status_for), translated to HTTP once here.
+
+Parameters are read one way: integers are ASCII digits only (no sign, `_`, spaces or other scripts'
+digits, all of which Python's int() would take); booleans are true/false, 1/0, yes/no in any case; a
+parameter given twice, or given empty (`days=`), is refused naming it: omit a parameter for its default.
+
+Every error, the router's too, has the same body: 404 `NOT_FOUND`, 405 `METHOD_NOT_ALLOWED` with an
+`Allow` header. Requests larger than a proxy would pass are refused in JSON too: a request target
+over `MAX_URL_BYTES` answers 414 `URI_TOO_LONG`, a header over `MAX_HEADER_BYTES` (name and value)
+431 `REQUEST_HEADER_FIELDS_TOO_LARGE`. aiohttp's own parser limits are set higher (`PARSER_LIMIT_BYTES`)
+so those requests reach `limit_sizes`; beyond them aiohttp answers its own plain-text 400, which is
+logged as one INFO line rather than an ERROR with a traceback (`QuietParserErrors`).
+
+`/healthz` is liveness (200 while the process serves); `/readyz` is readiness: 200 when Redis and
+Postgres both answer, else 503, with which of them is down (`health.py`). Both are open without a key.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -27,7 +42,8 @@ from generation_analytics.jsonify import to_jsonable
 from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, field_type
 from generation_analytics.service.api.auth import KeyCache, bearer, http_requirement
 from generation_analytics.service.api.convert import pipeline_status_message, to_message
-from generation_analytics.service.api.rpc import status_for
+from generation_analytics.service.api.health import ReadinessProbe
+from generation_analytics.service.api.rpc import public_error
 from generation_analytics.service.api.runtime import Runtime
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.metrics import CONTENT_TYPE
@@ -48,16 +64,33 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
 }
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+# Only these: int() would also take "7_0", "+7", " 7" and "٧" (any script's digits).
+_DIGITS = re.compile(r"[0-9]+")
+
+# What most proxies and aiohttp itself allow by default; larger requests are refused in JSON.
+MAX_URL_BYTES = 8190
+MAX_HEADER_BYTES = 8190  # one header's name and value together, as aiohttp counts it
+# aiohttp's parser limits (request line, one header), raised so that requests up to them reach
+# `limit_sizes` and get a JSON answer; beyond them aiohttp answers a plain 400 itself. Bounded: the
+# parser holds a request's headers in memory (up to 128 of them) before any handler runs.
+PARSER_LIMIT_BYTES = 64 * 1024
 
 
 class Params:
-    """A request's query string, read with types; unknown names are refused (they are usually typos)."""
+    """A request's query string, read with types. Refused, naming the parameter: unknown names (they
+    are usually typos), a name given twice (which one was meant?), an empty value (omit it instead)."""
 
     def __init__(self, request: web.Request, allowed: frozenset[str]) -> None:
         self._query = request.query
         unknown = sorted(set(self._query) - allowed)
         if unknown:
             raise InvalidArgument(unknown[0], f"unknown parameter (known: {', '.join(sorted(allowed)) or 'none'})")
+        for name in dict.fromkeys(self._query):  # in the order given, each once
+            values = self._query.getall(name)
+            if len(values) > 1:
+                raise InvalidArgument(name, f"given {len(values)} times; give it at most once")
+            if values[0] == "":
+                raise InvalidArgument(name, "must not be empty (omit it for the default)")
 
     def value(self, name: str, kind: type) -> Any:
         """The parameter read as `kind` (int, bool, or text; words are parsed by `questions.build`)."""
@@ -69,22 +102,25 @@ class Params:
 
     def integer(self, name: str) -> int | None:
         raw = self._query.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return None
+        if not _DIGITS.fullmatch(raw):
+            raise InvalidArgument(name, f"must be a whole number written with the digits 0-9 (got {raw!r:.40})")
         try:
             return int(raw)
-        except ValueError:
-            raise InvalidArgument(name, f"must be an integer (got {raw!r})") from None
+        except ValueError:  # more digits than int() converts (4300): far out of any range anyway
+            raise InvalidArgument(name, f"has too many digits ({len(raw)})") from None
 
     def boolean(self, name: str) -> bool | None:
-        raw = self._query.get(name, "").lower()
-        if raw == "":
+        raw = self._query.get(name)
+        if raw is None:
             return None
-        if raw in _TRUE:
+        word = raw.lower() if raw.isascii() else raw  # no Unicode case mapping onto the ASCII words
+        if word in _TRUE:
             return True
-        if raw in _FALSE:
+        if word in _FALSE:
             return False
-        raise InvalidArgument(name, f"must be true or false (got {raw!r})")
+        raise InvalidArgument(name, f"must be true or false (also 1/0, yes/no; got {raw!r:.40})")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,22 +134,64 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, "NOT_FOUND" if exc.status == 404 else exc.reason, exc.reason)
-    except Exception as exc:  # mapped, and logged when unexpected
-        code = status_for(exc)
-        if code is grpc.StatusCode.INTERNAL:
-            log.exception("%s %s failed", request.method, request.path)
-            return _error(500, code.name, "internal error")
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+            return _error(exc.status, "METHOD_NOT_ALLOWED", message, headers={"Allow": exc.headers["Allow"]})
+        # The router's other refusals (404 ...): the reason phrase as the code, "Not Found" -> NOT_FOUND.
+        return _error(exc.status, re.sub(r"\W+", "_", exc.reason).upper(), exc.reason)
+    except Exception as exc:  # mapped; unexpected ones logged under an error id the answer carries
+        code, message = public_error(exc, f"{request.method} {request.path}")
         field = exc.field if isinstance(exc, InvalidArgument) else None
-        return _error(HTTP_STATUS.get(code, 500), code.name, str(exc), field)
+        return _error(HTTP_STATUS.get(code, 500), code.name, message, field)
 
 
-def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+def _error(
+    status: int, code: str, message: str, field: str | None = None, *, headers: dict[str, str] | None = None
+) -> web.Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if field:
         body["field"] = field
-    headers = {"WWW-Authenticate": 'Bearer realm="generation-analytics"'} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="generation-analytics"'}
     return web.json_response({"error": body}, status=status, headers=headers)
+
+
+@web.middleware
+async def limit_sizes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """414 / 431 in JSON for a request target or a header over the limits (before auth: no key needed)."""
+    # aiohttp decoded the target with surrogateescape: encoding back gives the bytes as sent.
+    url_bytes = len(request.raw_path.encode("utf-8", "surrogateescape"))
+    if url_bytes > MAX_URL_BYTES:
+        return _error(414, "URI_TOO_LONG", f"request target of {url_bytes} bytes; the limit is {MAX_URL_BYTES}")
+    for name, value in request.raw_headers:
+        if len(name) + len(value) > MAX_HEADER_BYTES:
+            shown = name.decode("ascii", "replace")[:64]
+            message = (
+                f"header {shown!r} is {len(name) + len(value)} bytes (name and value); the limit is {MAX_HEADER_BYTES}"
+            )
+            return _error(431, "REQUEST_HEADER_FIELDS_TOO_LARGE", message)
+    return await handler(request)
+
+
+class QuietParserErrors(logging.Filter):
+    """aiohttp logs a request its parser refuses (beyond PARSER_LIMIT_BYTES, malformed) as an ERROR
+    with a traceback; that is the client's mistake, not ours: one INFO line instead, without the
+    offending bytes (they may be a credential)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(exc, BadHttpMessage):
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        what = f"a line over {exc.args[1]} bytes" if isinstance(exc, LineTooLong) else type(exc).__name__
+        log.info("HTTP: refused an unreadable request from %s (%s): answered %d", peer, what, exc.code)
+        return False
+
+
+# The logger the gateway's aiohttp server reports connection-level errors to (instead of "aiohttp.server").
+server_log = logging.getLogger(f"{__name__}.server")
+server_log.addFilter(QuietParserErrors())
 
 
 def require_keys(keys: KeyCache) -> Any:
@@ -178,9 +256,16 @@ def build_app(runtime: Runtime) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def health(request: web.Request) -> web.Response:
+        """Liveness: the process serves HTTP. Whether it can answer questions is /readyz."""
         return web.json_response({"status": "SERVING"})
 
-    middlewares = [json_errors, *([require_keys(runtime.api_keys)] if runtime.api_keys else [])]
+    readiness = ReadinessProbe(runtime)
+
+    async def ready(request: web.Request) -> web.Response:
+        found = await readiness.check()
+        return web.json_response(found.as_json(), status=200 if found.ready else 503)
+
+    middlewares = [json_errors, limit_sizes, *([require_keys(runtime.api_keys)] if runtime.api_keys else [])]
     app = web.Application(middlewares=middlewares)
     app.add_routes(
         [
@@ -188,6 +273,7 @@ def build_app(runtime: Runtime) -> web.Application:
             web.get(f"{PREFIX}/pipeline/status", status),
             web.get("/metrics", metrics),
             web.get("/healthz", health),
+            web.get("/readyz", ready),
         ]
     )
     return app
@@ -215,7 +301,13 @@ class Gateway:
 async def start_gateway(runtime: Runtime, addr: str) -> Gateway:
     """Serve the gateway on `addr` ("host:port"; port 0 picks a free one)."""
     host, _, port = addr.rpartition(":")
-    runner = web.AppRunner(build_app(runtime), access_log=None)
+    runner = web.AppRunner(
+        build_app(runtime),
+        access_log=None,
+        logger=server_log,
+        max_line_size=PARSER_LIMIT_BYTES,
+        max_field_size=PARSER_LIMIT_BYTES,
+    )
     await runner.setup()
     tls = runtime.settings.tls
     site = web.TCPSite(runner, host or "127.0.0.1", int(port), ssl_context=ssl_context(tls) if tls.enabled else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -117,6 +118,33 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# What a caller is told when a dependency fails: never its text (host names, SQL, constraint names, keys).
+UNAVAILABLE_MESSAGES: dict[type[BaseException], str] = {
+    psycopg.Error: "the database is unavailable; retry later",
+    psycopg_pool.PoolTimeout: "the database is busy or unavailable; retry later",
+    redis.exceptions.RedisError: "the event stream is unavailable; retry later",
+}
+
+
+def public_error(exc: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
+    """The status code for `exc` and the message a caller may see.
+
+    The service's own errors speak for themselves. Anything else answers a generic message with an
+    error id, and the id goes to the log with the details (the traceback, for INTERNAL), so an operator
+    can find what a caller reports without the caller seeing database or Redis text.
+    """
+    code = status_for(exc)
+    if isinstance(exc, AnalyticsError):
+        return code, str(exc)
+    error_id = secrets.token_hex(4)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed (error id %s)", where, error_id, exc_info=exc)
+        return code, f"internal error (error id {error_id})"
+    log.warning("%s: %s (error id %s): %s", where, code.name, error_id, exc)
+    base = next((text for cls, text in UNAVAILABLE_MESSAGES.items() if isinstance(exc, cls)), "unavailable")
+    return code, f"{base} (error id {error_id})"
+
+
 def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turn the service's exceptions into gRPC statuses for one servicer method."""
 
@@ -128,16 +156,14 @@ def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response
             if isinstance(request, Undecodable):
                 raise InvalidArgument("request", f"not a valid {request.message}: {request.reason}")
             return await method(self, request, context)
-        except (AnalyticsError, psycopg.Error, psycopg_pool.PoolTimeout, redis.exceptions.RedisError) as exc:
-            code = status_for(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            metadata = ((FIELD_METADATA_KEY, exc.field),) if isinstance(exc, InvalidArgument) else ()
-            await context.abort(code, str(exc), metadata)
-            raise  # unreachable: abort raises
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            code = grpc.StatusCode.CANCELLED
             raise
+        except Exception as exc:  # every failure becomes a status here, and only here
+            code, message = public_error(exc, method.__name__)
+            metadata = ((FIELD_METADATA_KEY, exc.field),) if isinstance(exc, InvalidArgument) else ()
+            await context.abort(code, message, metadata)
+            raise  # unreachable: abort raises
         finally:
             metrics: ServiceMetrics | None = getattr(self, "metrics", None)
             if metrics is not None:

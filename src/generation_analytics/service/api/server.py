@@ -1,20 +1,33 @@
-"""The gRPC server: services, health, reflection, limits, and graceful shutdown on SIGTERM."""
+"""The gRPC server: services, health, reflection, limits, and graceful shutdown on SIGTERM.
+
+`serve` checks before starting anything that every listener can bind (a taken port is one line on
+stderr and exit status 1, not a half-started service), then logs which Postgres and Redis it uses
+(host, port, database; never a password), and keeps the gRPC health of each service in step with
+Redis and Postgres (`health.py`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
+import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from psycopg.conninfo import conninfo_to_dict
 
 from generation_analytics.service.api.auth import AuthInterceptor, auth_enabled, is_loopback
 from generation_analytics.service.api.gateway import start_gateway
+from generation_analytics.service.api.health import HealthMonitor
 from generation_analytics.service.api.rpc import AnalyticsServicer, EventServicer, PipelineServicer, add_service
 from generation_analytics.service.api.runtime import Runtime
 from generation_analytics.service.embedded import start_embedded
@@ -36,14 +49,17 @@ SERVICE_NAMES = tuple(service.full_name for service in SERVICES.values())
 
 @dataclass
 class GrpcServer:
-    """A started gRPC server and the port it listens on."""
+    """A started gRPC server, the port it listens on, and the monitor keeping its health current."""
 
     server: grpc.aio.Server
     health: Any
     port: int
+    monitor: HealthMonitor | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish for up to `grace_s`, then stop."""
+        if self.monitor:
+            await self.monitor.stop()  # first: it must not set SERVING again during the grace period
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
 
@@ -69,8 +85,8 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
 
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    monitor = HealthMonitor(runtime, health_servicer)
+    await monitor.update()  # the first statuses are what Redis and Postgres say now, not a guess
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
@@ -81,8 +97,9 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
     if port == 0:
         raise RuntimeError(f"cannot listen on {addr}")
     await server.start()
+    monitor.start()
     log.info("gRPC listening on %s (port %d, %s)", addr, port, describe_tls(tls))
-    return GrpcServer(server=server, health=health_servicer, port=port)
+    return GrpcServer(server=server, health=health_servicer, port=port, monitor=monitor)
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
@@ -116,11 +133,80 @@ def check_exposure(settings: Settings, *, auth: bool) -> None:
         log.info("auth: off (loopback only; GA_AUTH=on to require API keys here too)")
 
 
+def listen_error(addr: str) -> str | None:
+    """Why `addr` ("host:port") cannot be listened on right now, or None if it can (port 0 always can).
+
+    Bind-tests every address the host resolves to, with SO_REUSEADDR as the servers use it, so a port
+    left in TIME_WAIT by a previous run passes and only a socket bound or listening there fails.
+    """
+    host, _, port_text = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        return "not a host:port address"
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r} ({exc.strerror})"
+    failures: list[str] = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return "address already in use"
+                failures.append(os.strerror(exc.errno).lower() if exc.errno else str(exc))
+    # A name with an address family this host lacks (localhost's ::1 without IPv6) is still served
+    # on the others, as gRPC does; only an address none of whose forms can be bound is refused.
+    return failures[0] if failures and len(failures) == len(infos) else None
+
+
+def check_listeners(settings: Settings) -> None:
+    """Refuse to start (one line, exit status 1) when a listener's address is taken or not ours."""
+    for addr in Runtime.listeners(settings):
+        reason = listen_error(addr)
+        if reason:
+            raise SystemExit(f"error: cannot listen on {addr}: {reason}")
+
+
+def describe_postgres(dsn: str) -> str:
+    """`host:port/database` of a DSN (URL or key=value): for the log, so never the user or password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:  # the connection attempt will say what is wrong
+        return "(unparseable DSN)"
+    host = params.get("host") or params.get("hostaddr") or "(libpq default host)"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or '(default database)'}"
+
+
+def describe_redis(url: str) -> str:
+    """`host:port/db` of a Redis URL (`unix:` URLs: the socket path and db): never the password."""
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", [""])[0]
+    if parts.scheme == "unix":
+        return f"unix:{parts.path} db {db or 0}"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return "(unparseable URL)"
+    prefix = "" if parts.scheme == "redis" else f"{parts.scheme}://"
+    return f"{prefix}{parts.hostname or 'localhost'}:{port}/{parts.path.strip('/') or db or 0}"
+
+
 async def serve(settings: Settings) -> None:
     """Run the whole service until SIGTERM/SIGINT: embedded servers if needed, migrations, gRPC."""
+    check_listeners(settings)  # before anything starts: nothing to undo when a port is taken
     check_exposure(settings, auth=auth_enabled(settings.auth, Runtime.listeners(settings)))
     loop = asyncio.get_running_loop()
     settings, embedded = await asyncio.to_thread(start_embedded, settings)
+    origin = {True: "embedded", False: "external"}
+    log.info("postgres: %s (%s)", describe_postgres(settings.postgres.dsn), origin[embedded.postgres is not None])
+    log.info("redis: %s (%s)", describe_redis(settings.redis.url), origin[embedded.redis is not None])
     try:
         runtime = await Runtime.open(settings)
         try:

@@ -92,11 +92,12 @@ class EventCapture:
                 await self._link.execute(*command)
         except redis.exceptions.ResponseError as exc:
             if "BACKLOG" in str(exc) or "OOM" in str(exc):
-                raise ResourceExhausted(f"event stream is full, retry later ({exc})") from exc
+                log.warning("the event stream refuses new events: %s", exc)
+                raise ResourceExhausted("the event stream is full; retry later") from exc
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("redis unavailable while recording %d events: %s", len(payloads), exc)
-            raise Unavailable(f"event stream unavailable: {exc}") from exc
+            raise Unavailable("the event stream is unavailable; retry later") from exc
 
     async def close(self) -> None:
         await self._link.close()

@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from generation_analytics.service.errors import incident
 from generation_analytics.service.hours import HOUR, hour_floor, month_of
 from generation_analytics.service.pipeline import rollups, user_rollups
 from generation_analytics.service.settings import AggregationSettings, RetentionSettings
@@ -52,7 +53,6 @@ RETRY_BASE_S = 5.0
 RETRY_MAX_S = 600.0
 # Sorting and grouping an hour of a hundred thousand events stays in memory.
 WORK_MEM = "64MB"
-MAX_ERROR_CHARS = 1_000
 
 
 @dataclass
@@ -189,7 +189,7 @@ class Aggregator:
             return first | self._aggregate(hours[half:], versions[half:], report)
 
     def _record_failure(self, hour: datetime, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        error = incident(exc)
         with self._pool.connection() as conn:
             row = conn.execute(
                 RECORD_FAILURE, {"hour": hour, "error": error, "base_s": RETRY_BASE_S, "max_s": RETRY_MAX_S}
@@ -197,7 +197,7 @@ class Aggregator:
         if row is not None:
             log.error(
                 "aggregation of hour %s failed (%d in a row; retried from %s, other hours go on): %s",
-                hour.isoformat(), row[0], row[1].isoformat(), error,
+                hour.isoformat(), row[0], row[1].isoformat(), error, exc_info=exc,
             )  # fmt: skip
 
     def _aggregate_batch(

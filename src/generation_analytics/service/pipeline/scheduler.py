@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from apscheduler.schedulers.background import BackgroundScheduler
 from psycopg_pool import ConnectionPool
 
+from generation_analytics.service.errors import incident
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
@@ -94,8 +96,9 @@ class PipelineJob:
             self.failures += 1
             backoff = min(self.interval_s * 2**self.failures, MAX_BACKOFF_S)
             self._resume_at = time.monotonic() + backoff
-            error = f"{type(exc).__name__}: {exc}"
-            log.exception("%s failed (%d in a row); next attempt in %.0f s", self.name, self.failures, backoff)
+            error = incident(exc)
+            log.exception("%s failed (%d in a row; %s); next attempt in %.0f s", self.name, self.failures, error,
+                          backoff)  # fmt: skip
             self.last_run = JobRun(started_at, time.monotonic() - started, 0, error)
             self._record(self.last_run)
             if self._observe:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import json
+import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -14,6 +17,7 @@ from psycopg.rows import class_row
 
 from generation_analytics.questions import EventsQuestion
 from generation_analytics.service.errors import InvalidArgument
+from generation_analytics.service.hours import DAY, HOUR, hour_floor
 from generation_analytics.service.queries.window import Window
 from generation_analytics.vocabulary import Order, Word
 
@@ -100,35 +104,112 @@ _ORDERS = {
 }
 
 
-def _encode_token(window: Window, filters: EventsQuestion, key: Any, key_id: int) -> str:
-    payload = {
-        "v": 1,
-        "s": window.start.isoformat(),
-        "e": window.end.isoformat(),
-        "f": _fingerprint(filters),
-        "k": key.isoformat() if isinstance(key, datetime) else key,
-        "i": key_id,
-    }
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+MAX_TOKEN_CHARS = 512
+MAX_BIGINT = 2**63 - 1
 
 
-def decode_token(token: str, filters: EventsQuestion, days: int) -> tuple[Window, Any, int]:
-    """The window and keyset position a page token continues from."""
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        window = Window(days=days, start=datetime.fromisoformat(payload["s"]), end=datetime.fromisoformat(payload["e"]))
-        key = datetime.fromisoformat(payload["k"]) if filters.order is Order.NEWEST else int(payload["k"])
-        key_id = int(payload["i"])
-        fingerprint = payload["f"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument("page_token", f"not a token this service issued ({type(exc).__name__})") from None
-    if fingerprint != _fingerprint(filters):
-        raise InvalidArgument("page_token", "was issued for different filters or order")
-    return window, key, key_id
+class PageTokens:
+    """Page tokens signed with a secret the replicas share (HMAC-SHA256), so a token can only be one this
+    service issued, for the filters, order and `days` it was issued for; its fields are range-checked too.
+
+    A token is base64url(JSON) "." base64url(MAC): the position to continue from and the window it was
+    issued in (a later page keeps the first page's window, so paging is stable while the hour turns).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
+
+    def issue(self, window: Window, filters: EventsQuestion, key: Any, key_id: int) -> str:
+        payload = json.dumps(
+            {
+                "v": 2,
+                "d": window.days,
+                "s": window.start.isoformat(),
+                "f": _fingerprint(filters),
+                "k": key.isoformat() if isinstance(key, datetime) else key,
+                "i": key_id,
+            },
+            separators=(",", ":"),
+        ).encode()
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+
+    def read(self, token: str, filters: EventsQuestion, days: int) -> tuple[Window, Any, int]:
+        """The window and keyset position a token continues from, or INVALID_ARGUMENT (`page_token`)."""
+        payload = self._verified(token)
+        try:
+            values = json.loads(payload)
+            if values["f"] != _fingerprint(filters) or values["d"] != days:
+                raise InvalidArgument("page_token", "issued for different filters, order or days")
+            start = datetime.fromisoformat(values["s"])
+            window = Window(days=days, start=start, end=start + days * DAY + HOUR)
+            if values["v"] != 2 or start.tzinfo is None or start != hour_floor(start) or window.end > _latest_end():
+                raise ValueError("window")
+            key_id = values["i"]
+            if filters.order is Order.NEWEST:
+                key = datetime.fromisoformat(values["k"])
+                if key.tzinfo is None or not window.start <= key < window.end:
+                    raise ValueError("position")
+            else:
+                key = values["k"]
+                if type(key) is not int or not 0 <= key <= MAX_BIGINT:
+                    raise ValueError("position")
+            if type(key_id) is not int or not 0 < key_id <= MAX_BIGINT:
+                raise ValueError("position")
+        except InvalidArgument:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
+            raise InvalidArgument("page_token", "not valid") from None
+        return window, key, key_id
+
+    def _verified(self, token: str) -> bytes:
+        body, _, mac = token.partition(".")
+        try:
+            if len(token) > MAX_TOKEN_CHARS:
+                raise ValueError
+            payload, signature = _unb64(body), _unb64(mac)
+        except (ValueError, binascii.Error):
+            raise InvalidArgument("page_token", "not valid") from None
+        if not hmac.compare_digest(signature, self._mac(payload)):
+            raise InvalidArgument("page_token", "not valid")
+        return payload
+
+
+# The secret every replica signs page tokens with: generated once, by whichever replica asks first.
+ENSURE_SECRET = """
+INSERT INTO service_secrets (name, value) VALUES ('page_tokens', %(value)s) ON CONFLICT (name) DO NOTHING
+"""
+SELECT_SECRET = "SELECT value FROM service_secrets WHERE name = 'page_tokens'"
+
+
+async def shared_token_secret(conn: AsyncConnection[Any]) -> bytes:
+    await conn.execute(ENSURE_SECRET, {"value": secrets.token_bytes(32)})
+    row = await (await conn.execute(SELECT_SECRET)).fetchone()
+    assert row is not None
+    return bytes(row[0])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    """The bytes of exactly the text `_b64` writes (no other alphabet, padding or spelling of the bytes)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
+def _latest_end() -> datetime:
+    """No window a token names can end after the end of the next hour (clocks a little ahead)."""
+    return hour_floor(datetime.now(UTC)) + 2 * HOUR
 
 
 async def list_events(
-    conn: AsyncConnection[Any], window: Window, filters: EventsQuestion, *, page_size: int
+    conn: AsyncConnection[Any], window: Window, filters: EventsQuestion, *, page_size: int, tokens: PageTokens
 ) -> EventPage:
     """A page of the events matching `filters` (checked already), continuing from its page_token."""
     params: dict[str, Any] = {}
@@ -140,7 +221,7 @@ async def list_events(
     key_id = 0
     page_token = filters.page_token
     if page_token:
-        window, key, key_id = decode_token(page_token, filters, window.days)
+        window, key, key_id = tokens.read(page_token, filters, window.days)
     order_condition, keyset_condition, order_by = _ORDERS[filters.order]
     conditions = [sql.SQL("timestamp >= %(start)s AND timestamp < %(end)s"), sql.SQL(order_condition)]
     conditions += [sql.SQL(clause) for name, clause in _FILTER_CLAUSES.items() if name in params]
@@ -157,7 +238,7 @@ async def list_events(
     if len(rows) > page_size:
         rows = rows[:page_size]
         last = rows[-1]
-        next_token = _encode_token(
+        next_token = tokens.issue(
             window, filters, last.timestamp if filters.order is Order.NEWEST else last.duration_ms, last.id
         )
     return EventPage(events=rows, next_page_token=next_token)

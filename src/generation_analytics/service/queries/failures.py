@@ -12,21 +12,41 @@ from psycopg.rows import dict_row
 
 from generation_analytics.service import sketches
 from generation_analytics.service.queries.overview import hourly_rows
+from generation_analytics.service.queries.totals import ranked_sql
 from generation_analytics.service.queries.window import SPLIT_HOURS, Window, daily_split, rate
 
 SAMPLE_MESSAGES = 5
+MODELS_PER_ERROR = 10
 
 _COLUMNS = """error_type, failures, duration_count, duration_sum, first_seen, last_seen, sample_messages,
        model_counts, user_bitmap"""
-# Whole days from the daily rollup, the window's partial first and last days from the hourly one; newest first.
+# Whole days from the daily rollup, the window's partial first and last days from the hourly one.
 ERROR_ROWS = f"""
 SELECT last_seen AS at, {_COLUMNS} FROM generation_error_metrics_daily
 WHERE day >= %(first_day)s AND day <= %(last_day)s
 UNION ALL
 SELECT last_seen AS at, {_COLUMNS} FROM generation_error_metrics_hourly
 WHERE {SPLIT_HOURS}
-ORDER BY at DESC
 """
+# Error types with the most failures first; the rest folded into one row (see totals.ranked_sql).
+RANKED_ERRORS = ranked_sql(
+    ERROR_ROWS,
+    "error_type",
+    "failures DESC",
+    [
+        ("failures", "sum(failures)", "sum"),
+        ("duration_count", "sum(duration_count)", "sum"),
+        ("duration_sum", "sum(duration_sum)", "sum"),
+        ("first_seen", "min(first_seen)", "min"),
+        ("last_seen", "max(last_seen)", "max"),
+    ],
+)
+# The details of the listed error types only; newest rows first, so recent samples win.
+TOP_DETAILS = f"""
+SELECT error_type, sample_messages, model_counts, user_bitmap FROM ({ERROR_ROWS}) AS r
+WHERE error_type = ANY(%(keys)s) ORDER BY at DESC
+"""
+OTHERS = "(others)"
 
 
 @dataclass
@@ -39,6 +59,7 @@ class ErrorTypeSummary:
     models: list[str] = field(default_factory=list)
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    total_models: int = 0
 
 
 @dataclass
@@ -58,50 +79,51 @@ class FailureAnalysis:
     total_error_types: int
     error_types: list[ErrorTypeSummary]
     failure_trends: list[FailureTrendPoint]
+    others: ErrorTypeSummary | None
 
 
 @dataclass
-class _ErrorAccumulator:
-    count: int = 0
-    duration_count: int = 0
-    duration_sum: int = 0
+class _Details:
     messages: list[str] = field(default_factory=list)
     bitmaps: list[bytes] = field(default_factory=list)
     models: Counter[str] = field(default_factory=Counter)
-    first_seen: datetime | None = None
-    last_seen: datetime | None = None
 
     def add(self, row: dict[str, Any]) -> None:
-        self.count += row["failures"]
-        self.duration_count += row["duration_count"]
-        self.duration_sum += row["duration_sum"]
-        for message in row["sample_messages"]:  # newest rows first: recent samples win
+        for message in row["sample_messages"]:
             if len(self.messages) < SAMPLE_MESSAGES and message not in self.messages:
                 self.messages.append(message)
         self.bitmaps.append(row["user_bitmap"])
         self.models.update(row["model_counts"])
-        self.first_seen = min(filter(None, (self.first_seen, row["first_seen"])))
-        self.last_seen = max(filter(None, (self.last_seen, row["last_seen"])))
-
-    def summary(self, error_type: str) -> ErrorTypeSummary:
-        return ErrorTypeSummary(
-            error_type=error_type,
-            count=self.count,
-            avg_duration_ms=self.duration_sum / self.duration_count if self.duration_count else 0.0,
-            sample_messages=self.messages,
-            affected_users=sketches.union_count(self.bitmaps),
-            models=[name for name, _ in sorted(self.models.items(), key=lambda kv: (-kv[1], kv[0]))],
-            first_seen=self.first_seen,
-            last_seen=self.last_seen,
-        )
 
 
-async def failure_analysis(conn: AsyncConnection[Any], window: Window) -> FailureAnalysis:
-    errors: dict[str, _ErrorAccumulator] = defaultdict(_ErrorAccumulator)
+def _summary(name: str, row: dict[str, Any], details: _Details | None) -> ErrorTypeSummary:
+    details = details or _Details()
+    ranked = [model for model, _ in sorted(details.models.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return ErrorTypeSummary(
+        error_type=name,
+        count=row["failures"],
+        avg_duration_ms=row["duration_sum"] / row["duration_count"] if row["duration_count"] else 0.0,
+        sample_messages=details.messages,
+        affected_users=sketches.union_count(details.bitmaps),
+        models=ranked[:MODELS_PER_ERROR],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        total_models=len(ranked),
+    )
+
+
+async def failure_analysis(conn: AsyncConnection[Any], window: Window, *, limit: int) -> FailureAnalysis:
+    """The `limit` error types with the most failures (with samples, users, checkpoints), the rest summed."""
+    params = daily_split(window).params | {"limit": limit}
+    details: dict[str, _Details] = defaultdict(_Details)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(ERROR_ROWS, daily_split(window).params)
-        for row in await cur.fetchall():
-            errors[row["error_type"]].add(row)
+        await cur.execute(RANKED_ERRORS, params)
+        rows = await cur.fetchall()
+        top = [row for row in rows if row["key"] is not None]
+        if top:
+            await cur.execute(TOP_DETAILS, params | {"keys": [row["key"] for row in top]})
+            for row in await cur.fetchall():
+                details[row["error_type"]].add(row)
     daily: dict[date, list[int]] = defaultdict(lambda: [0, 0])
     for row in await hourly_rows(conn, window, blobs=False):
         day = daily[row["hour"].date()]
@@ -118,13 +140,14 @@ async def failure_analysis(conn: AsyncConnection[Any], window: Window) -> Failur
     ]
     completions = sum(t.total_completions for t in trends)
     failures = sum(t.failures for t in trends)
-    summaries = sorted((acc.summary(name) for name, acc in errors.items()), key=lambda s: (-s.count, s.error_type))
+    folded = [row for row in rows if row["key"] is None]
     return FailureAnalysis(
         lookback_days=window.days,
         total_failures=failures,
         total_completions=completions,
         failure_rate_pct=rate(failures, completions) * 100,
-        total_error_types=len(summaries),
-        error_types=summaries,
+        total_error_types=sum(row["keys"] for row in rows),
+        error_types=[_summary(row["key"], row, details.get(row["key"])) for row in top],
         failure_trends=trends,
+        others=_summary(OTHERS, folded[0], None) if folded else None,
     )

@@ -28,11 +28,12 @@ from generation_analytics.questions import (
     UserQuestion,
 )
 from generation_analytics.service.errors import InvalidArgument
-from generation_analytics.service.queries.events import EventPage, list_events
+from generation_analytics.service.queries.events import EventPage, PageTokens, list_events, shared_token_secret
 from generation_analytics.service.queries.failures import FailureAnalysis, failure_analysis
 from generation_analytics.service.queries.models import ModelPerformanceReport, model_performance
 from generation_analytics.service.queries.overview import Overview, PeakHours, Trends, overview, peak_hours, trends
 from generation_analytics.service.queries.status import stream_backlog
+from generation_analytics.service.queries.totals import LIST_LIMIT, MAX_LIST_LIMIT
 from generation_analytics.service.queries.users import TopUsers, UserAnalytics, top_users, user_analytics
 from generation_analytics.service.queries.window import Window, bounded, text_filter, user_uuid, window
 from generation_analytics.service.stream import StreamKeys
@@ -43,6 +44,11 @@ MAX_PAGE_SIZE = 1_000
 MAX_TOP_USERS = 1_000
 
 
+def list_limit(limit: int | None) -> int:
+    """How long an answer's lists may be (the `limit` of the question, checked)."""
+    return bounded(limit, default=LIST_LIMIT, low=1, high=MAX_LIST_LIMIT, field="limit")
+
+
 def question_window(question: Question) -> Window:
     return window(question.days, default=question.DEFAULT_DAYS)
 
@@ -50,10 +56,20 @@ def question_window(question: Question) -> Window:
 class AnalyticsQueries:
     """Answers the analytics questions from Postgres (and the stream backlog from Redis)."""
 
-    def __init__(self, *, pool: AsyncConnectionPool, redis_client: aioredis.Redis, keys: StreamKeys) -> None:
+    def __init__(
+        self, *, pool: AsyncConnectionPool, redis_client: aioredis.Redis, keys: StreamKeys, token_secret: bytes = b""
+    ) -> None:
         self._pool = pool
         self._redis = redis_client
         self._keys = keys
+        self._tokens = PageTokens(token_secret) if token_secret else None
+
+    async def _page_tokens(self) -> PageTokens:
+        """Page tokens signed with the secret the replicas share (loaded, or created, on first use)."""
+        if self._tokens is None:
+            async with self._pool.connection() as conn:
+                self._tokens = PageTokens(await shared_token_secret(conn))
+        return self._tokens
 
     async def answer(self, question: Question) -> Any:
         """The answer to any question (dispatched on its type)."""
@@ -83,17 +99,17 @@ class AnalyticsQueries:
         user_id = user_uuid(question.user_id)
         w = question_window(question)
         async with self._pool.connection() as conn:
-            return await user_analytics(conn, user_id, w)
+            return await user_analytics(conn, user_id, w, limit=list_limit(question.limit))
 
     async def models(self, question: ModelsQuestion) -> ModelPerformanceReport:
         w = question_window(question)
         async with self._pool.connection() as conn:
-            return await model_performance(conn, w)
+            return await model_performance(conn, w, limit=list_limit(question.limit))
 
     async def failures(self, question: FailuresQuestion) -> FailureAnalysis:
         w = question_window(question)
         async with self._pool.connection() as conn:
-            return await failure_analysis(conn, w)
+            return await failure_analysis(conn, w, limit=list_limit(question.limit))
 
     async def peak_hours(self, question: PeakHoursQuestion) -> PeakHours:
         w = question_window(question)
@@ -111,8 +127,9 @@ class AnalyticsQueries:
             model_checkpoint=text_filter(question.model_checkpoint, "model_checkpoint") or "",
             error_type=text_filter(question.error_type, "error_type") or "",
         )
+        tokens = await self._page_tokens()
         async with self._pool.connection() as conn:
-            return await list_events(conn, w, filters, page_size=size)
+            return await list_events(conn, w, filters, page_size=size, tokens=tokens)
 
     async def top_users(self, question: TopUsersQuestion) -> TopUsers:
         w = question_window(question)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -131,3 +132,33 @@ _ADD_FIELDS = frozenset(
     {"requests", "successes", "failures", "cancellations", "duration_count", "duration_sum", "images",
      "queue_count", "queue_sum", "max_queue"}
 )  # fmt: skip
+
+
+LIST_LIMIT = 100  # default length of an answer's lists (docs/design.md §3)
+MAX_LIST_LIMIT = 1_000
+
+
+def ranked_sql(source: str, key: str, order: str, columns: Sequence[tuple[str, str, str]]) -> str:
+    """The rows of `source` summed per `key`, the first %(limit)s by `order` (then by key) one row each,
+    in rank order, and every other key folded into one last row whose key is NULL.
+
+    `columns` are (name, aggregate over source rows, aggregate over keys), e.g.
+    ("failures", "sum(failures)", "sum"); every row also says how many keys it holds (`keys`). The
+    database ranks and folds, so an answer over fifty thousand checkpoints reads a hundred and one rows;
+    the top is a bounded top-N sort and the rest one anti-join, not a sort of every key (twice).
+    """
+    per_key = ", ".join(f"{first}{'::bigint' if then == 'sum' else ''} AS {name}" for name, first, then in columns)
+    names = ", ".join(name for name, _, _ in columns)
+    folded = ", ".join(f"{then}({name}){'::bigint' if then == 'sum' else ''} AS {name}" for name, _, then in columns)
+    return f"""
+WITH per_key AS MATERIALIZED (
+    SELECT {key} AS key, {per_key} FROM ({source}) AS source GROUP BY {key}
+), top AS (
+    SELECT * FROM per_key ORDER BY {order}, key LIMIT %(limit)s
+)
+SELECT key, row_number() OVER (ORDER BY {order}, key) AS rank, 1::bigint AS keys, {names} FROM top
+UNION ALL
+SELECT NULL, (%(limit)s + 1)::bigint, count(*), {folded}
+FROM per_key WHERE NOT EXISTS (SELECT FROM top WHERE top.key = per_key.key) HAVING count(*) > 0
+ORDER BY rank
+"""

@@ -55,14 +55,18 @@ class UserAnalytics:
     failure_breakdown: list[FailureCount] = field(default_factory=list)
     models_used: list[ModelUsage] = field(default_factory=list)
     recent_activity: list[EventRecord] = field(default_factory=list)
+    total_error_types: int = 0
+    other_failures: int = 0
+    total_models: int = 0
+    other_model_uses: int = 0
 
 
 def _ranked(counts: Counter[str]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Window) -> UserAnalytics:
-    """One user's figures over the window (an unknown user gets zeros)."""
+async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Window, *, limit: int) -> UserAnalytics:
+    """One user's figures over the window (an unknown user gets zeros); breakdowns at most `limit` long."""
     totals = Totals()
     errors: Counter[str] = Counter()
     models: Counter[str] = Counter()
@@ -76,6 +80,7 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
             models.update(row["model_counts"])
             first = row["first_event_at"] if first is None else min(first, row["first_event_at"])
             last = row["last_event_at"] if last is None else max(last, row["last_event_at"])
+    ranked_errors, ranked_models = _ranked(errors), _ranked(models)
     return build(
         UserAnalytics,
         totals.figures(50, 95),
@@ -83,8 +88,12 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
         lookback_days=window.days,
         first_generation_at=first,
         last_generation_at=last,
-        failure_breakdown=[FailureCount(error_type=k, count=v) for k, v in _ranked(errors)],
-        models_used=[ModelUsage(model_checkpoint=k, count=v) for k, v in _ranked(models)],
+        failure_breakdown=[FailureCount(error_type=k, count=v) for k, v in ranked_errors[:limit]],
+        models_used=[ModelUsage(model_checkpoint=k, count=v) for k, v in ranked_models[:limit]],
+        total_error_types=len(errors),
+        other_failures=sum(v for _, v in ranked_errors[limit:]),
+        total_models=len(models),
+        other_model_uses=sum(v for _, v in ranked_models[limit:]),
         recent_activity=await recent_activity(conn, user_id, window) if first is not None else [],
     )
 
