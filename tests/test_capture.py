@@ -123,8 +123,10 @@ INVALID_EVENTS: list[tuple[str, dict[str, Any], str]] = [
     ("too many attributes", {"attributes": {f"k{i}": "v" for i in range(33)}}, "attributes"),
     ("attribute value too long", {"attributes": {"k": "v" * 1025}}, "attributes"),
     ("attribute key too long", {"attributes": {"k" * 65: "v"}}, "attributes"),
-    ("timestamp far in the future", {"timestamp": _future()}, "timestamp"),
-    ("timestamp older than retention", {"timestamp": _ancient()}, "timestamp"),
+    # Times relative to now are taken when the test runs, not when the module is collected (a slow run
+    # once reached "10 minutes from now" before this case did).
+    ("timestamp far in the future", {"timestamp": _future}, "timestamp"),
+    ("timestamp older than retention", {"timestamp": _ancient}, "timestamp"),
     ("completion without success", {"success": None}, "success"),
 ]
 
@@ -133,7 +135,7 @@ INVALID_EVENTS: list[tuple[str, dict[str, Any], str]] = [
 def test_invalid_event_is_refused_naming_the_field(
     live_server: LiveServer, redis_url: str, overrides: dict[str, Any], field: str
 ) -> None:
-    event = make_event(**{k: v for k, v in overrides.items() if v is not None})
+    event = make_event(**{k: v() if callable(v) else v for k, v in overrides.items() if v is not None})
     if overrides.get("success", True) is None:
         event.ClearField("success")
 
