@@ -77,12 +77,12 @@ def check_event(event: events_pb2.GenerationEvent, limits: LimitSettings) -> Pro
         event.user_id = user_id
     if not event.generation_id:
         return "generation_id", "is required"
+    limit = limits.max_string_chars
     for name in _SHORT_STRINGS:
-        reason = _check_text(getattr(event, name), limits.max_string_chars)
-        if reason:
+        value = getattr(event, name)
+        if value and (reason := _check_text(value, limit)):  # most are empty or short: no call for those
             return name, reason
-    reason = _check_text(event.error_message, limits.max_error_message_chars)
-    if reason:
+    if event.error_message and (reason := _check_text(event.error_message, limits.max_error_message_chars)):
         return "error_message", reason
     for name in _NON_NEGATIVE:
         if event.HasField(name) and getattr(event, name) < 0:

@@ -19,7 +19,7 @@ from generation_analytics.questions import EventsQuestion
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.hours import DAY, HOUR, hour_floor
 from generation_analytics.service.queries.window import Window
-from generation_analytics.vocabulary import Order, Word
+from generation_analytics.vocabulary import EventType, Order, Word
 
 
 @dataclass
@@ -208,31 +208,42 @@ def _latest_end() -> datetime:
     return hour_floor(datetime.now(UTC)) + 2 * HOUR
 
 
-async def list_events(
-    conn: AsyncConnection[Any], window: Window, filters: EventsQuestion, *, page_size: int, tokens: PageTokens
-) -> EventPage:
-    """A page of the events matching `filters` (checked already), continuing from its page_token."""
+def events_query(
+    window: Window, filters: EventsQuestion, *, page_size: int, key: Any = None, key_id: int = 0
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The statement and parameters of one ListEvents page (also EXPLAINed by bench.list_events_matrix)."""
     params: dict[str, Any] = {}
     for name in _FILTER_CLAUSES:
         value = getattr(filters, name)
         if value is not None and value != "":
             params[name] = value.value if isinstance(value, Word) else value
-    key: Any = None
-    key_id = 0
-    page_token = filters.page_token
-    if page_token:
-        window, key, key_id = tokens.read(page_token, filters, window.days)
     order_condition, keyset_condition, order_by = _ORDERS[filters.order]
     conditions = [sql.SQL("timestamp >= %(start)s AND timestamp < %(end)s"), sql.SQL(order_condition)]
     conditions += [sql.SQL(clause) for name, clause in _FILTER_CLAUSES.items() if name in params]
-    if page_token:
+    if filters.page_token:
         conditions.append(sql.SQL(keyset_condition))
     query = sql.SQL("SELECT {columns} FROM generation_events WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
         columns=EVENT_COLUMNS, where=sql.SQL(" AND ").join(conditions), order=sql.SQL(order_by)
     )
     params.update(start=window.start, end=window.end, key=key, key_id=key_id, limit=page_size + 1)
+    return query, params
+
+
+async def list_events(
+    conn: AsyncConnection[Any], window: Window, filters: EventsQuestion, *, page_size: int, tokens: PageTokens
+) -> EventPage:
+    """A page of the events matching `filters` (checked already), continuing from its page_token."""
+    key: Any = None
+    key_id = 0
+    if filters.page_token:
+        window, key, key_id = tokens.read(filters.page_token, filters, window.days)
+    if filters.order is Order.SLOWEST and filters.event_type not in (None, EventType.COMPLETION):
+        return EventPage(events=[], next_page_token="")  # "slowest" lists completions only
+    query, params = events_query(window, filters, page_size=page_size, key=key, key_id=key_id)
     async with conn.cursor(row_factory=class_row(EventRecord)) as cur:
-        await cur.execute(query, params)
+        # Never a prepared (generic) plan: which index serves a page depends on the values (a heavy user
+        # or a rare error type), and a plan made without them picked a full scan for rare combinations.
+        await cur.execute(query, params, prepare=False)
         rows = await cur.fetchall()
     next_token = ""
     if len(rows) > page_size:
