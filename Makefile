@@ -7,7 +7,7 @@ GEN_DIR := src/generation_analytics/v1
 PROTOS := $(wildcard proto/generation_analytics/v1/*.proto)
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint fmt proto check-protos migrate bench fault-suite clean
+.PHONY: install run test test-fast test-dashboard lint fmt proto check-protos migrate bench fault-suite clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: install  ## run the whole test suite against real Postgres/Redis (local on
 
 test-fast: install  ## the suite without the slow tests
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-dashboard: install  ## only the dashboard's tests: its files, and the page in Chromium (screenshots in .artefacts/)
+	$(BIN)/python -m pytest tests/test_dashboard_files.py tests/test_dashboard.py $(PYTEST_ARGS)
 
 fault-suite: install  ## kills, restarts and outages only: exactly-once and rollups under faults
 	$(BIN)/python -m pytest -m faults -v $(PYTEST_ARGS)

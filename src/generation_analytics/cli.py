@@ -172,7 +172,8 @@ def _columns(key: str, *columns: str) -> Renderer:
 
 
 def _blocks(*parts: Callable[[dict[str, Any]], str]) -> Renderer:
-    return lambda d: "\n\n".join(part(d) for part in parts)
+    """The parts one after another, leaving out those that render nothing."""
+    return lambda d: "\n\n".join(text for part in parts if (text := part(d)))
 
 
 def _optional_table(key: str, columns: Sequence[str], empty: str, title: str = "") -> Renderer:
@@ -194,6 +195,23 @@ def _job_runs(data: dict[str, Any]) -> str:
     return "last runs:\n" + table(rows, JOB_RUN_COLUMNS)
 
 
+CHANGE_COLUMNS = ("metric", "value", "baseline", "absolute_change", "relative_change_pct", "significant", "test")
+
+
+def _changes(title: str, key: str = "changes") -> Renderer:
+    """The MetricChange list under `title` (nothing when the answer has none: no comparison asked)."""
+    return lambda d: f"{title}:\n" + table(d[key], CHANGE_COLUMNS) if d.get(key) else ""
+
+
+def _model_changes(d: dict[str, Any]) -> str:
+    """Each listed checkpoint's changes against the previous window (with compare_previous)."""
+    blocks = [
+        _changes(f"{m['model_checkpoint'] or '(none)'} against the previous window")(m)
+        for m in [*d["models"], *([d["others"]] if d.get("others") else [])]
+    ]
+    return "\n\n".join(b for b in blocks if b)
+
+
 @dataclass(frozen=True)
 class Command:
     """One client command: what it asks (a question, whose fields become its arguments, or a call) and
@@ -207,7 +225,9 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "overview": Command(
-        "success rate, latency percentiles, users, images, queue", fields_block, QUESTIONS["GetOverview"]
+        "success rate, latency percentiles, users, images, queue",
+        _blocks(fields_block, _changes("against the previous window")),
+        QUESTIONS["GetOverview"],
     ),
     "trends": Command(
         "hourly or daily buckets",
@@ -227,9 +247,24 @@ COMMANDS: dict[str, Command] = {
     ),
     "models": Command(
         "model checkpoint comparison",
-        _columns("models", "model_checkpoint", "total_generations", "success_rate_pct", "avg_duration_ms",
-                 "p50_duration_ms", "p95_duration_ms", "p99_duration_ms"),
+        _blocks(
+            _columns("models", "model_checkpoint", "total_generations", "success_rate_pct", "avg_duration_ms",
+                     "p50_duration_ms", "p95_duration_ms", "p99_duration_ms"),
+            _model_changes,
+        ),
         QUESTIONS["GetModelPerformance"],
+    ),
+    "compare-checkpoints": Command(
+        "two checkpoints side by side: is b slower or failing more than a?",
+        _blocks(
+            lambda d: table(
+                [{"": "a", **d["checkpoint_a"]}, {"": "b", **d["checkpoint_b"]}],
+                ["", "model_checkpoint", "total_generations", "success_rate_pct", "avg_duration_ms",
+                 "p50_duration_ms", "p95_duration_ms", "p99_duration_ms"],
+            ),
+            _changes("b against a"),
+        ),
+        QUESTIONS["CompareCheckpoints"],
     ),
     "failures": Command(
         "error types and daily failure rates",
@@ -237,11 +272,12 @@ COMMANDS: dict[str, Command] = {
             fields_block,
             _columns("error_types", "error_type", "count", "avg_duration_ms", "affected_users", "last_seen"),
             _columns("failure_trends", "date", "total_completions", "failures", "failure_rate"),
+            _changes("against the previous window"),
         ),
         QUESTIONS["GetFailureAnalysis"],
     ),
     "peak-hours": Command(
-        "load per UTC hour of day",
+        "load per hour of day (UTC, or --time-zone)",
         _columns("peak_hours", "hour_of_day", "avg_requests", "total_requests", "avg_p95_duration_ms",
                  "avg_queue_length"),
         QUESTIONS["GetPeakHours"],
@@ -397,6 +433,73 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard_url(http_addr: str, *, tls: bool) -> str:
+    """The dashboard's URL for a gateway listening on `http_addr` (a wildcard address is browsed on loopback)."""
+    host, _, port = http_addr.rpartition(":")
+    host = host.strip("[]")
+    if host in {"", "0.0.0.0"}:
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}/"
+
+
+def _probe(url: str, ca_file: str | None) -> str:
+    """ "open", "auth" (the data needs a key), "tls" (answers, but its certificate could not be checked) or
+    "down": one small question to the gateway behind `url`."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url + "api/v1/analytics/generation/overview?days=1", timeout=5, context=context):
+            return "open"
+    except urllib.error.HTTPError as exc:
+        return "auth" if exc.code in {401, 403} else "open"
+    except urllib.error.URLError as exc:
+        return "tls" if isinstance(exc.reason, ssl.SSLError) else "down"
+    except ssl.SSLError:
+        return "tls"
+    except OSError:
+        return "down"
+
+
+def _has_graphical_browser() -> bool:
+    """A browser window can open here (without a display, Python would start a text browser in this terminal)."""
+    return sys.platform in {"darwin", "win32"} or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    http_addr, tls = args.http, args.tls
+    if http_addr is None:  # where `serve` would listen, read as it reads it
+        from generation_analytics.service.settings import load_settings
+
+        settings = load_settings()
+        http_addr, tls = settings.server.http_addr, tls or settings.tls.enabled
+    if http_addr.lower() == "off":
+        raise CliError("the HTTP gateway is off (GA_HTTP_ADDR=off): the dashboard needs it")
+    url = dashboard_url(http_addr, tls=tls)
+    print(url)
+    found = _probe(url, args.ca)
+    if found == "down":
+        print(f"error: nothing answers at {url}", file=sys.stderr)
+        print("hint: start the service with `make run`, or pass --http HOST:PORT (its GA_HTTP_ADDR)", file=sys.stderr)
+        return 2
+    if found == "tls":
+        print("note: the service answers over TLS but its certificate could not be checked here (see --ca)")
+    if found == "auth":
+        print("this service requires API keys: the page asks once per tab for one with the `read` scope")
+        print("  (create one: generation-analytics keys create --name dashboard --scope read)")
+    if not args.no_browser and _has_graphical_browser() and webbrowser.open(url, new=2):
+        print("opened in your browser")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -446,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, help="live generations per second")
     demo.add_argument("--users", type=int, default=200)
     demo.set_defaults(func=_demo)
+
+    dashboard = sub.add_parser("dashboard", help="print the web dashboard's URL and open it in a browser")
+    dashboard.add_argument("--http", default=None, help="the gateway's HOST:PORT (default: GA_HTTP_ADDR, as `serve`)")
+    dashboard.add_argument("--tls", action="store_true", help="https (default when GA_TLS_CERT is set, as `serve`)")
+    dashboard.add_argument("--ca", default=os.environ.get("GA_CA_FILE"), help="CA file for https (env GA_CA_FILE)")
+    dashboard.add_argument("--no-browser", action="store_true", help="only print the URL")
+    dashboard.set_defaults(func=_dashboard)
     return parser
 
 

@@ -65,8 +65,10 @@ SERVICE_RULES: dict[str, Requirement] = {
     "grpc.reflection.v1alpha.ServerReflection": Access.ANY_KEY,
     "grpc.reflection.v1.ServerReflection": Access.ANY_KEY,
 }
-# HTTP: health is open, everything else the gateway serves (GETs of answers, status, /metrics) reads.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# HTTP: health is open, and so are the dashboard's files (webpage.py: no figures in them, the page asks the
+# API for every one with the reader's key); everything else (answers, status, /metrics) needs `read`.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/dashboard"})
+OPEN_PREFIXES = ("/dashboard/",)
 
 
 def rpc_requirement(method: str) -> Requirement:
@@ -78,7 +80,7 @@ def rpc_requirement(method: str) -> Requirement:
 
 
 def http_requirement(path: str) -> Requirement:
-    return Access.OPEN if path in OPEN_PATHS else Scope.READ
+    return Access.OPEN if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) else Scope.READ
 
 
 def is_loopback(addr: str) -> bool:

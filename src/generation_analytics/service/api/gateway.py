@@ -19,6 +19,9 @@ logged as one INFO line rather than an ERROR with a traceback (`QuietParserError
 
 `/healthz` is liveness (200 while the process serves); `/readyz` is readiness: 200 when Redis and
 Postgres both answer, else 503, with which of them is down (`health.py`). Both are open without a key.
+
+`/` (and `/dashboard`) is the web dashboard (`webpage.py`): static files that ask this gateway's JSON
+paths for every figure, with the reader's key; the files are open, the data paths are not.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from generation_analytics.service.api.convert import pipeline_status_message, to
 from generation_analytics.service.api.health import ReadinessProbe
 from generation_analytics.service.api.rpc import public_error
 from generation_analytics.service.api.runtime import Runtime
+from generation_analytics.service.api.webpage import Dashboard
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.metrics import CONTENT_TYPE
 from generation_analytics.service.queries.service import AnalyticsQueries
@@ -219,6 +223,7 @@ ROUTES: dict[str, str] = {
     "/failures": "GetFailureAnalysis",
     "/peak-hours": "GetPeakHours",
     "/events": "ListEvents",
+    "/models/compare": "CompareCheckpoints",
 }
 _ANALYTICS = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
 
@@ -269,6 +274,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(middlewares=middlewares)
     app.add_routes(
         [
+            *Dashboard(auth_required=runtime.api_keys is not None).routes(),
             *(web.get(PREFIX + path, asking(runtime.queries, path, QUESTIONS[rpc])) for path, rpc in ROUTES.items()),
             web.get(f"{PREFIX}/pipeline/status", status),
             web.get("/metrics", metrics),
@@ -316,4 +322,5 @@ async def start_gateway(runtime: Runtime, addr: str) -> Gateway:
     bound = server.sockets[0].getsockname()[1] if server and server.sockets else int(port)
     scheme = "https" if tls.enabled else "http"
     log.info("HTTP gateway listening on %s://%s:%d%s", scheme, host or "127.0.0.1", bound, PREFIX)
+    log.info("dashboard: %s://%s:%d/", scheme, host or "127.0.0.1", bound)
     return Gateway(runner=runner, port=bound)
