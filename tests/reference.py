@@ -12,7 +12,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from statistics import NormalDist
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 
@@ -187,3 +190,142 @@ def window_bounds(days: int, now: datetime) -> tuple[datetime, datetime]:
 def in_window(events: Iterable[Raw], days: int, now: datetime) -> list[Raw]:
     start, end = window_bounds(days, now)
     return [e for e in events if start <= e.timestamp < end]
+
+
+# ---------------------------------------------------------------- local time (analytics.proto, "Local time")
+
+QUARTER = timedelta(minutes=15)
+
+
+def window_quarters(days: int, now: datetime) -> list[datetime]:
+    """Every quarter hour of the window, as UTC instants."""
+    start, end = window_bounds(days, now)
+    return [start + i * QUARTER for i in range(int((end - start) / QUARTER))]
+
+
+def occurrence(moment: datetime, zone: ZoneInfo) -> tuple[date, int, timedelta | None]:
+    """The stretch of local hour a moment falls in: local date, hour, and the offset then."""
+    local = moment.astimezone(zone)
+    return local.date(), local.hour, local.utcoffset()
+
+
+def local_dates(days: int, now: datetime, zone: ZoneInfo) -> list[date]:
+    """The local dates the window touches, in order."""
+    return sorted({q.astimezone(zone).date() for q in window_quarters(days, now)})
+
+
+def first_instant(day: date, zone: ZoneInfo) -> datetime:
+    """The earliest quarter-hour instant whose local date is `day` (brute force, from two days before)."""
+    moment = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(days=2)
+    while moment.astimezone(zone).date() < day:
+        moment += QUARTER
+    return moment
+
+
+def day_of_week(day: date) -> int:
+    """0 = Sunday .. 6 = Saturday."""
+    return (day.weekday() + 1) % 7
+
+
+@dataclass
+class LocalHours:
+    """Peak hours and heatmap of a window in a zone, from the events and the quarter-hour grid."""
+
+    occurrences: list[float]
+    requests: list[int]
+    avg_p95: list[float]
+    # The error an answer read from merged histograms may have on avg_p95 (1% of the occurrences not a whole UTC hour).
+    p95_slack: list[float]
+    avg_queue: list[float]
+    slot_occurrences: dict[tuple[int, int], float]
+    slot_requests: dict[tuple[int, int], int]
+
+
+def local_hours(events: Iterable[Raw], days: int, now: datetime, zone: ZoneInfo) -> LocalHours:
+    occurrences = [0.0] * 24
+    slot_occurrences: dict[tuple[int, int], float] = defaultdict(float)
+    for q in window_quarters(days, now):
+        local = q.astimezone(zone)
+        occurrences[local.hour] += 0.25
+        slot_occurrences[(day_of_week(local.date()), local.hour)] += 0.25
+    requests = [0] * 24
+    slot_requests: dict[tuple[int, int], int] = defaultdict(int)
+    queue: list[list[int]] = [[] for _ in range(24)]
+    durations: dict[tuple[date, int, timedelta | None], list[float]] = defaultdict(list)
+    for e in in_window(events, days, now):
+        day, hour, offset = occurrence(e.timestamp, zone)
+        if e.event_type == "request":
+            requests[hour] += 1
+            slot_requests[(day_of_week(day), hour)] += 1
+            if e.queue_length is not None:
+                queue[hour].append(e.queue_length)
+        elif e.is_completion and e.duration_ms is not None:
+            durations[(day, hour, offset)].append(float(e.duration_ms))
+    p95s: list[list[tuple[float, float]]] = [[] for _ in range(24)]
+    for (_, hour, offset), values in durations.items():
+        whole_hour = offset is not None and offset % timedelta(hours=1) == timedelta(0)
+        p95 = percentile_cont(values, 0.95)
+        p95s[hour].append((p95, 0.0 if whole_hour else 0.01 * p95))
+    return LocalHours(
+        occurrences=occurrences,
+        requests=requests,
+        avg_p95=[sum(p for p, _ in ps) / len(ps) if ps else 0.0 for ps in p95s],
+        p95_slack=[sum(s for _, s in ps) / len(ps) if ps else 0.0 for ps in p95s],
+        avg_queue=[sum(q) / len(q) if q else 0.0 for q in queue],
+        slot_occurrences=dict(slot_occurrences),
+        slot_requests=dict(slot_requests),
+    )
+
+
+# ---------------------------------------------------------------- significance (analytics.proto, MetricChange)
+
+NORMAL = NormalDist()
+# The duration histograms' buckets (sketches.py documents them as part of the stored format): a value
+# v >= 1 falls in bucket ceil(ln v / ln gamma) + 1 with gamma = (1 + 0.009) / (1 - 0.009); 0 in bucket 0.
+LN_GAMMA = math.log((1 + 0.009) / (1 - 0.009))
+
+
+def bucket(value: float) -> int:
+    return 0 if value <= 0 else math.ceil(math.log(value) / LN_GAMMA) + 1
+
+
+def two_sided_p(z: float) -> float:
+    return 2 * (1 - NORMAL.cdf(abs(z)))
+
+
+def proportions_significant(x1: int, n1: int, x2: int, n2: int) -> bool:
+    """Pooled two-proportion z-test at 5%, with the documented minimums (30 each side, expected >= 5)."""
+    if n1 < 30 or n2 < 30:
+        return False
+    p = Fraction(x1 + x2, n1 + n2)
+    if min(n1 * p, n1 * (1 - p), n2 * p, n2 * (1 - p)) < 5:
+        return False
+    z = float(Fraction(x1, n1) - Fraction(x2, n2)) / math.sqrt(float(p * (1 - p) * (Fraction(1, n1) + Fraction(1, n2))))
+    return two_sided_p(z) <= 0.05
+
+
+def poisson_z(c1: int, hours1: float, c2: int, hours2: float) -> float | None:
+    """z of c1 given c1 + c2 under equal rates per hour; None below the documented minimums."""
+    n = c1 + c2
+    share = hours1 / (hours1 + hours2)
+    if n < 30 or min(n * share, n * (1 - share)) < 5:
+        return None
+    return (c1 - n * share) / math.sqrt(n * share * (1 - share))
+
+
+def quantile_interval(values: list[float], q: float) -> tuple[int, int] | None:
+    """The buckets of the order statistics bounding the distribution-free 95% interval of the q-quantile."""
+    n = len(values)
+    if n < 30:
+        return None
+    half = NORMAL.inv_cdf(0.975) * math.sqrt(n * q * (1 - q))
+    j, k = math.floor(n * q - half), math.ceil(n * q + half) + 1
+    if j < 1 or k > n:
+        return None
+    ordered = sorted(values)
+    return bucket(ordered[j - 1]), bucket(ordered[k - 1])
+
+
+def quantiles_significant(values: list[float], baseline: list[float], q: float) -> bool:
+    a, b = quantile_interval(values, q), quantile_interval(baseline, q)
+    return a is not None and b is not None and (a[1] < b[0] or b[1] < a[0])

@@ -7,16 +7,22 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 
+from generation_analytics.jsonify import to_jsonable
+from generation_analytics.questions import FailuresQuestion, PeakHoursQuestion, TrendsQuestion
 from generation_analytics.service import sketches
+from generation_analytics.service.api.convert import to_message
 from generation_analytics.service.hours import hour_floor
 from generation_analytics.service.queries.failures import failure_analysis
 from generation_analytics.service.queries.models import model_performance
-from generation_analytics.service.queries.overview import overview
+from generation_analytics.service.queries.overview import overview, peak_hours, trends
 from generation_analytics.service.queries.users import top_users, user_analytics
 from generation_analytics.service.queries.window import window
+from generation_analytics.v1 import analytics_pb2
+from generation_analytics.vocabulary import Interval
 from tests import reference as ref
 
 
@@ -99,6 +105,25 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert set(row[7]) <= messages and len(row[7]) == min(5, len(messages))
         assert row[8] == dict(ref.model_counts(group))
         assert {uids[uid] for uid in sketches.user_set([row[9]])} == {e.user_id for e in group}
+
+    quarters = fetch(
+        dsn,
+        "SELECT quarter, total_requests, successful_generations, failed_generations, cancelled_generations,"
+        " duration_count, duration_sum, total_images_generated, queue_length_count, queue_length_sum,"
+        " max_queue_length, duration_hist, user_bitmap FROM generation_metrics_quarterly",
+    )
+    by_quarter = ref.group(raw, lambda e: quarter_of(e.timestamp))
+    assert {r[0] for r in quarters} == set(by_quarter)
+    for row in quarters:
+        s = ref.summarize(by_quarter[row[0]])
+        assert row[1:11] == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
+                             sum(s.durations), s.images, len(s.queue_lengths), sum(s.queue_lengths),
+                             s.max_queue), row[0]  # fmt: skip
+        got_hist = sketches.merge([row[11]])
+        want_hist = sketches.merge(sketches.encode({sketches.bucket_of(d): 1}) for d in s.durations)
+        assert list(got_hist[got_hist.nonzero()]) == list(want_hist[want_hist.nonzero()])
+        assert list(got_hist.nonzero()[0]) == list(want_hist.nonzero()[0])
+        assert {uids[uid] for uid in sketches.user_set([row[12]])} == s.users
 
     mislabelled = fetch(
         dsn,
@@ -286,3 +311,105 @@ def assert_queries_match_raw(dsn: str, *, days: Sequence[int] = (1, 7, 30, 90)) 
                 len(errors),
                 sum(n for _, n in ranked_errors[LIST:]),
             )
+
+
+def quarter_of(moment: datetime) -> datetime:
+    """The UTC quarter hour a moment falls in."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(minute=moment.minute // 15 * 15, second=0, microsecond=0)
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def check_local_answers(
+    raw: Sequence[ref.Raw], zone: ZoneInfo, days: int, at: datetime, answers: dict[str, dict[str, Any]]
+) -> None:
+    """Daily trends, failure trends, peak hours and heatmap in `zone` (JSON answers, as the gateway
+    renders them, keyed "trends", "failures", "peaks") against the raw events asked about at `at`."""
+    events = ref.in_window(raw, days, at)
+    dates = ref.local_dates(days, at, zone)
+    by_day = ref.group(events, lambda e: e.timestamp.astimezone(zone).date())
+
+    trends = answers["trends"]
+    assert trends["time_zone"] == zone.key and trends["interval"] == "daily"
+    assert [_instant(p["timestamp"]) for p in trends["data_points"]] == [ref.first_instant(d, zone) for d in dates]
+    assert trends["total_data_points"] == len(dates)
+    for day, point in zip(dates, trends["data_points"], strict=True):
+        s = ref.summarize(by_day.get(day, []))
+        assert (point["total_requests"], point["successful_generations"], point["failed_generations"],
+                point["cancelled_generations"], point["unique_users"], point["total_images_generated"],
+                point["max_queue_length"]) == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.users),
+                                                s.images, s.max_queue or 0), (zone.key, day)  # fmt: skip
+        assert same(point["success_rate"], s.success_rate_pct / 100)
+        assert same(point["avg_duration_ms"], s.avg_duration or 0.0)
+        assert same(point["avg_queue_length"], s.avg_queue or 0.0)
+        for name, q in (("p50_duration_ms", 0.5), ("p95_duration_ms", 0.95), ("p99_duration_ms", 0.99)):
+            want = s.percentile(q)
+            assert (point[name] == 0) if want is None else ref.close(point[name], want), (zone.key, day, name)
+
+    failures = answers["failures"]
+    assert failures["time_zone"] == zone.key
+    assert [p["date"] for p in failures["failure_trends"]] == [d.isoformat() for d in dates]
+    for day, point in zip(dates, failures["failure_trends"], strict=True):
+        s = ref.summarize(by_day.get(day, []))
+        assert (point["total_completions"], point["failures"]) == (s.completions, s.failed), (zone.key, day)
+        assert same(point["failure_rate"], s.failed / s.completions if s.completions else 0.0)
+    whole = ref.summarize(events)
+    assert (failures["total_failures"], failures["total_completions"]) == (whole.failed, whole.completions)
+
+    peaks = answers["peaks"]
+    expected = ref.local_hours(raw, days, at, zone)
+    assert peaks["time_zone"] == zone.key
+    assert [p["hour_of_day"] for p in peaks["peak_hours"]] == list(range(24))
+    for h, peak in enumerate(peaks["peak_hours"]):
+        assert peak["occurrences"] == expected.occurrences[h], (zone.key, h)
+        assert peak["total_requests"] == expected.requests[h], (zone.key, h)
+        assert same(
+            peak["avg_requests"], expected.requests[h] / expected.occurrences[h] if expected.occurrences[h] else 0.0
+        )
+        assert same(peak["avg_queue_length"], expected.avg_queue[h])
+        slack = expected.p95_slack[h] + 1e-6 * max(1.0, expected.avg_p95[h])
+        assert abs(peak["avg_p95_duration_ms"] - expected.avg_p95[h]) <= slack, (zone.key, h, peak, expected.avg_p95[h])
+    assert sum(p["occurrences"] for p in peaks["peak_hours"]) == days * 24 + 1
+    assert len(peaks["heatmap"]) == 7 * 24
+    for cell in peaks["heatmap"]:
+        slot = (cell["day_of_week"], cell["hour_of_day"])
+        occurrences = expected.slot_occurrences.get(slot, 0.0)
+        requests = expected.slot_requests.get(slot, 0)
+        assert cell["occurrences"] == occurrences, (zone.key, slot)
+        assert same(cell["avg_requests"], requests / occurrences if occurrences else 0.0), (zone.key, slot)
+
+
+async def _local_answers(dsn: str, zone: str, days: int, now: datetime) -> dict[str, dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        w = window(days, default=days, now=now, asked=TrendsQuestion(time_zone=zone))
+        daily = await trends(conn, w, interval=Interval.DAILY)
+        failures = await failure_analysis(
+            conn, window(days, default=days, now=now, asked=FailuresQuestion(time_zone=zone)), limit=LIST
+        )
+        peaks = await peak_hours(conn, window(days, default=days, now=now, asked=PeakHoursQuestion(time_zone=zone)))
+    return {
+        "trends": to_jsonable(to_message(daily, analytics_pb2.GetTrendsResponse)),
+        "failures": to_jsonable(to_message(failures, analytics_pb2.GetFailureAnalysisResponse)),
+        "peaks": to_jsonable(to_message(peaks, analytics_pb2.GetPeakHoursResponse)),
+    }
+
+
+LOCAL_ZONES = ("UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe")
+
+
+def assert_local_time_matches_raw(
+    dsn: str, *, zones: Sequence[str] = LOCAL_ZONES, days: Sequence[int] = (1, 7, 30)
+) -> None:
+    """Local days, hours of day and the heatmap, in each zone, agree with the raw events (read from the
+    hourly and quarter-hour rollups, DST changes and :30/:45 offsets included)."""
+    raw = ref.load(dsn)
+    now = datetime.now(UTC)
+    for zone in zones:
+        for d in days:
+            answers = asyncio.run(_local_answers(dsn, zone, d, now))
+            if hour_floor(datetime.now(UTC)) != hour_floor(now):
+                return  # the hour turned while asking: the windows moved under the reference
+            check_local_answers(raw, ZoneInfo(zone), d, now, answers)

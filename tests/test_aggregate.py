@@ -8,6 +8,7 @@ import threading
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,17 +17,24 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from generation_analytics.service.db import sync_pool
 from generation_analytics.service.hours import hour_floor
-from generation_analytics.service.pipeline.aggregate import Aggregator
+from generation_analytics.service.migrate import load_migrations, migrate
+from generation_analytics.service.pipeline.aggregate import PARTS, Aggregator
 from generation_analytics.service.pipeline.retention import prune
 from generation_analytics.service.pipeline.worker import Pipeline
-from generation_analytics.service.settings import Settings
+from generation_analytics.service.settings import AggregationSettings, PostgresSettings, RetentionSettings, Settings
 from generation_analytics.service.stream import StreamKeys
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
 from tests.fix_pipeline import AggregatorProcess, push
 from tests.fix_services import empty_tables
-from tests.rollup_check import assert_queries_match_raw, assert_rollups_match_raw, fetch
+from tests.rollup_check import (
+    assert_local_time_matches_raw,
+    assert_queries_match_raw,
+    assert_rollups_match_raw,
+    fetch,
+)
 
 BASE_HOUR = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
 USERS = ["00000000-0000-4000-8000-00000000000" + str(i) for i in range(6)]
@@ -94,6 +102,7 @@ def test_rollups_equal_a_recompute_from_raw_events(
 def snapshot(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     tables = {
         "generation_metrics_hourly": "timestamp",
+        "generation_metrics_quarterly": "quarter",
         "generation_model_metrics_hourly": "hour, model_checkpoint",
         "generation_error_metrics_hourly": "hour, error_type",
         "generation_user_metrics_hourly": "uid, hour",
@@ -258,6 +267,7 @@ def test_aggregators_in_three_processes_on_the_same_users_never_deadlock(
     assert pipeline.run_aggregation().remaining_dirty_hours == 0
     assert_rollups_match_raw(settings.postgres.dsn)
     assert_queries_match_raw(settings.postgres.dsn)
+    assert_local_time_matches_raw(settings.postgres.dsn, days=(1, 7, 40))
 
 
 def test_many_users_checkpoints_and_error_types(
@@ -286,6 +296,7 @@ def test_many_users_checkpoints_and_error_types(
     assert (report.hours_aggregated, report.failed_hours, report.remaining_dirty_hours) == (6, 0, 0)
     assert_rollups_match_raw(settings.postgres.dsn)
     assert_queries_match_raw(settings.postgres.dsn, days=(1, 2, 7))
+    assert_local_time_matches_raw(settings.postgres.dsn, days=(1, 2))
 
 
 def test_events_stamped_in_the_next_hour_count_nowhere_yet(
@@ -306,3 +317,58 @@ def test_events_stamped_in_the_next_hour_count_nowhere_yet(
     pipeline.run_aggregation()
     assert_rollups_match_raw(settings.postgres.dsn)
     assert_queries_match_raw(settings.postgres.dsn, days=(1, 7))
+
+
+def test_0009_marks_aggregated_hours_so_their_quarter_rows_fill_in(db_dsn: str, tmp_path: Path) -> None:
+    """A database from before 0009 with aggregated hours: the migration marks exactly the hours with
+    rollups and raw events dirty, and the next aggregation writes their quarter rows."""
+    dsn = db_dsn  # a migrated database; rebuilt below as it was before 0009
+    old, kept = tmp_path / "old", tmp_path / "all"
+    old.mkdir()
+    kept.mkdir()
+    for migration in load_migrations():
+        target = old if migration.version < 9 else kept
+        (target / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    migrate(dsn, folder=old)
+    base = hour_floor(datetime.now(UTC)) - timedelta(days=2)
+    events = some_events(40, base)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for event in events:
+            conn.execute(
+                "INSERT INTO generation_events (event_id, event_type, generation_id, user_id, timestamp,"
+                " duration_ms, success) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (event.event_id, ("request", "completion", "cancellation")[event.event_type - 1], event.generation_id,
+                 event.user_id, event.timestamp.ToDatetime(tzinfo=UTC),
+                 event.duration_ms if event.HasField("duration_ms") else None,
+                 event.success if event.HasField("success") else None),
+            )  # fmt: skip
+        hours = sorted({hour_floor(e.timestamp.ToDatetime(tzinfo=UTC)) for e in events})
+        gone = base - timedelta(days=30)  # an hour whose raw events retention already removed
+        for hour in [*hours, gone]:
+            conn.execute(
+                "INSERT INTO generation_metrics_hourly (timestamp, total_requests, successful_generations,"
+                " failed_generations, cancelled_generations, unique_users, total_images_generated, duration_count,"
+                " duration_sum, queue_length_count, queue_length_sum, first_event_at, last_event_at)"
+                " VALUES (%s, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, %s, %s)",
+                (hour, hour, hour),
+            )
+    for path in kept.iterdir():
+        (old / path.name).write_text(path.read_text())
+    assert 9 in migrate(dsn, folder=old)
+    marked = [row[0] for row in fetch(dsn, "SELECT hour FROM generation_dirty_hours ORDER BY hour")]
+    assert marked == hours
+    pool = sync_pool(PostgresSettings(dsn=dsn), name="test-0009", max_size=len(PARTS) + 1)
+    try:
+        report = Aggregator(pool=pool, settings=AggregationSettings(), retention=RetentionSettings()).run()
+    finally:
+        pool.close()
+    assert (report.hours_aggregated, report.remaining_dirty_hours) == (len(hours), 0)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the hour past retention keeps its (fake) row
+        conn.execute("DELETE FROM generation_metrics_hourly WHERE timestamp = %s", (gone,))
+    assert_rollups_match_raw(dsn)
+    assert fetch(dsn, "SELECT count(DISTINCT date_trunc('hour', quarter)) FROM generation_metrics_quarterly") == [
+        (len(hours),)
+    ]

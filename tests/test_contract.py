@@ -69,9 +69,10 @@ def _unwrap(hint: Any) -> Any:
     return hint
 
 
-def assert_same_fields(result: type, message: Descriptor, path: str = "") -> None:
-    """The dataclass and the message have the same field names, and so do their nested types."""
-    if CONVERTED.get(result) == message.full_name:
+def assert_same_fields(result: type, message: Descriptor, path: str = "", seen: frozenset[str] = frozenset()) -> None:
+    """The dataclass and the message have the same field names, and so do their nested types (each
+    message once along a path: `previous` holds the message it is in)."""
+    if CONVERTED.get(result) == message.full_name or message.full_name in seen:
         return
     names = {f.name for f in dataclasses.fields(result)}
     assert names == set(message.fields_by_name), (
@@ -85,7 +86,7 @@ def assert_same_fields(result: type, message: Descriptor, path: str = "") -> Non
             continue
         inner = _unwrap(hints[field.name])
         assert isinstance(inner, type) and dataclasses.is_dataclass(inner), f"{path}.{field.name}: not a result type"
-        assert_same_fields(inner, nested, f"{path or result.__name__}.{field.name}")
+        assert_same_fields(inner, nested, f"{path or result.__name__}.{field.name}", seen | {message.full_name})
 
 
 @pytest.mark.parametrize("rpc_name", sorted(QUESTIONS))

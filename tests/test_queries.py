@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from generation_analytics.service import sketches
+from generation_analytics.service.queries.totals import group_quantiles
 from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
 from tests import reference as ref
 from tests.factories import make_event
@@ -500,3 +502,24 @@ def test_breakdowns_are_ranked_most_frequent_first(live_server: LiveServer) -> N
     assert [(e.error_type, e.count) for e in analysis.error_types] == ranked
     models = live_server.analytics.GetModelPerformance(analytics_pb2.GetModelPerformanceRequest())
     assert [m.model_checkpoint for m in models.models] == ["sdxl-1.0", "flux-dev"]
+
+
+@given(
+    groups=st.dictionaries(
+        st.integers(0, 40),
+        st.lists(st.dictionaries(st.integers(0, 2_000), st.integers(1, 10_000), max_size=40), max_size=4),
+        max_size=700,
+    ),
+    q=st.sampled_from([0.0, 0.5, 0.95, 0.99, 1.0]),
+)
+def test_group_quantiles_read_each_group_as_sketches_does(groups: dict[int, list[dict[int, int]]], q: float) -> None:
+    """Peak hours in a :30/:45 zone read thousands of merged histograms at once; each must equal what
+    the one-histogram reading gives."""
+    encoded = {key: [sketches.encode(h) for h in hists] for key, hists in groups.items()}
+    got = group_quantiles(encoded, q)
+    for key, blobs in encoded.items():
+        dense = sketches.merge(blobs)
+        if not dense.size or not dense.sum():
+            assert key not in got
+        else:
+            assert got[key] == pytest.approx(sketches.quantiles(dense, [q])[0], rel=1e-12)

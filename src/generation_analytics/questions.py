@@ -37,6 +37,8 @@ class OverviewQuestion(Question):
     RPC = "GetOverview"
     DEFAULT_DAYS = 7
 
+    compare_previous: bool = False  # also answer the previous equal window, and what changed
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrendsQuestion(Question):
@@ -44,6 +46,7 @@ class TrendsQuestion(Question):
     DEFAULT_DAYS = 7
 
     interval: Interval = Interval.HOURLY
+    time_zone: str = ""  # IANA name of the zone daily buckets are cut in ("": UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +64,7 @@ class ModelsQuestion(Question):
     DEFAULT_DAYS = 30
 
     limit: int | None = None
+    compare_previous: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,12 +73,16 @@ class FailuresQuestion(Question):
     DEFAULT_DAYS = 7
 
     limit: int | None = None
+    time_zone: str = ""
+    compare_previous: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class PeakHoursQuestion(Question):
     RPC = "GetPeakHours"
     DEFAULT_DAYS = 30
+
+    time_zone: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +111,17 @@ class TopUsersQuestion(Question):
     limit: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointsQuestion(Question):
+    """CompareCheckpoints: checkpoint b against checkpoint a (the baseline), over one window."""
+
+    RPC = "CompareCheckpoints"
+    DEFAULT_DAYS = 7
+
+    model_checkpoint_a: str
+    model_checkpoint_b: str
+
+
 QUESTIONS: dict[str, type[Question]] = {
     cls.RPC: cls
     for cls in (
@@ -114,6 +133,7 @@ QUESTIONS: dict[str, type[Question]] = {
         PeakHoursQuestion,
         EventsQuestion,
         TopUsersQuestion,
+        CheckpointsQuestion,
     )
 }
 _SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
@@ -167,7 +187,8 @@ def to_request(question: Question) -> Message:
 
 def build(question: type[Q], **given: Any) -> Q:
     """A question from loosely typed values (the CLI's and gateway's text, a client's keywords): words
-    given as text are parsed; None and absent values take the defaults. Raises UnknownValue."""
+    and booleans given as text are parsed; None and absent values take the defaults. Raises UnknownValue
+    (naming the field) for a value it cannot read or a required field left out."""
     values: dict[str, Any] = {}
     for name, raw in given.items():
         if raw is None:
@@ -177,13 +198,32 @@ def build(question: type[Q], **given: Any) -> Q:
             if raw == "":
                 continue
             values[name] = kind.parse(str(raw), field=name)
+        elif kind is bool and isinstance(raw, str):
+            values[name] = parse_bool(raw, field=name)
         else:
             values[name] = raw
+    for f in dataclasses.fields(question):
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UnknownValue(f.name, "is required")
     return question(**values)
+
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+
+
+def parse_bool(text: str, *, field: str) -> bool:
+    """true/false (also 1/0, yes/no, any case) as the CLI and the gateway read them; UnknownValue otherwise."""
+    word = text.strip().lower() if text.isascii() else text
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise UnknownValue(field, f"must be true or false (got {text!r:.40})")
 
 
 __all__ = [
     "QUESTIONS",
+    "CheckpointsQuestion",
     "EventsQuestion",
     "FailuresQuestion",
     "ModelsQuestion",
@@ -197,6 +237,7 @@ __all__ = [
     "build",
     "field_type",
     "from_request",
+    "parse_bool",
     "request_class",
     "to_request",
 ]

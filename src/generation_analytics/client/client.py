@@ -41,6 +41,7 @@ RPC_METHODS = {
     "GetPeakHours": "peak_hours",
     "ListEvents": "events",
     "ListTopUsers": "top_users",
+    "CompareCheckpoints": "compare_checkpoints",
     "GetPipelineStatus": "pipeline_status",
     "RunTransfer": "run_transfer",
     "RunAggregation": "run_aggregation",
@@ -202,23 +203,44 @@ class AnalyticsClient:
         except UnknownValue as exc:
             raise ValueError(f"{exc.field}: {exc}") from None
 
-    def overview(self, days: int | None = None) -> analytics_pb2.GetOverviewResponse:
-        return self._ask("GetOverview", days=days)  # type: ignore[no-any-return]
+    def overview(self, days: int | None = None, *, compare_previous: bool = False) -> analytics_pb2.GetOverviewResponse:
+        """The window's figures; with `compare_previous`, the previous equal window and the changes too."""
+        return self._ask("GetOverview", days=days, compare_previous=compare_previous)  # type: ignore[no-any-return]
 
-    def trends(self, days: int | None = None, interval: str = "hourly") -> analytics_pb2.GetTrendsResponse:
-        return self._ask("GetTrends", days=days, interval=interval)  # type: ignore[no-any-return]
+    def trends(
+        self, days: int | None = None, interval: str = "hourly", *, time_zone: str = ""
+    ) -> analytics_pb2.GetTrendsResponse:
+        """Hourly or daily buckets; daily ones are the days of `time_zone` (an IANA name, default UTC)."""
+        return self._ask("GetTrends", days=days, interval=interval, time_zone=time_zone)  # type: ignore[no-any-return]
 
     def user(self, user_id: str, days: int | None = None) -> analytics_pb2.GetUserAnalyticsResponse:
         return self._ask("GetUserAnalytics", user_id=user_id, days=days)  # type: ignore[no-any-return]
 
-    def models(self, days: int | None = None) -> analytics_pb2.GetModelPerformanceResponse:
-        return self._ask("GetModelPerformance", days=days)  # type: ignore[no-any-return]
+    def models(
+        self, days: int | None = None, *, compare_previous: bool = False
+    ) -> analytics_pb2.GetModelPerformanceResponse:
+        return self._ask("GetModelPerformance", days=days, compare_previous=compare_previous)  # type: ignore[no-any-return]
 
-    def failures(self, days: int | None = None) -> analytics_pb2.GetFailureAnalysisResponse:
-        return self._ask("GetFailureAnalysis", days=days)  # type: ignore[no-any-return]
+    def failures(
+        self, days: int | None = None, *, compare_previous: bool = False, time_zone: str = ""
+    ) -> analytics_pb2.GetFailureAnalysisResponse:
+        return self._ask(  # type: ignore[no-any-return]
+            "GetFailureAnalysis", days=days, compare_previous=compare_previous, time_zone=time_zone
+        )
 
-    def peak_hours(self, days: int | None = None) -> analytics_pb2.GetPeakHoursResponse:
-        return self._ask("GetPeakHours", days=days)  # type: ignore[no-any-return]
+    def peak_hours(self, days: int | None = None, *, time_zone: str = "") -> analytics_pb2.GetPeakHoursResponse:
+        return self._ask("GetPeakHours", days=days, time_zone=time_zone)  # type: ignore[no-any-return]
+
+    def compare_checkpoints(
+        self, model_checkpoint_a: str, model_checkpoint_b: str, *, days: int | None = None
+    ) -> analytics_pb2.CompareCheckpointsResponse:
+        """Checkpoint b against checkpoint a (the baseline) over one window, with significance flags."""
+        return self._ask(  # type: ignore[no-any-return]
+            "CompareCheckpoints",
+            model_checkpoint_a=model_checkpoint_a,
+            model_checkpoint_b=model_checkpoint_b,
+            days=days,
+        )
 
     def events(self, **filters: Any) -> analytics_pb2.ListEventsResponse:
         """One page of raw events; pass `next_page_token` back (with the same filters) for the next.

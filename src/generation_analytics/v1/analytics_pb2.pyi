@@ -70,21 +70,99 @@ class GetOverviewRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DAYS_FIELD_NUMBER: _builtins.int
+    COMPARE_PREVIOUS_FIELD_NUMBER: _builtins.int
     days: _builtins.int
+    compare_previous: _builtins.bool
+    """Also answer the previous equal window (`previous`) and what changed (`changes`)."""
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
+        compare_previous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "compare_previous", b"compare_previous", "days", b"days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
 
 Global___GetOverviewRequest: _TypeAlias = GetOverviewRequest  # noqa: Y015
+
+@_typing.final
+class MetricChange(_message.Message):
+    """MetricChange is one figure against its baseline: the previous window (compare_previous), or
+    checkpoint a (CompareCheckpoints, where `value` is checkpoint b's).
+
+    `significant` says the difference is unlikely to be chance (two-sided, 95%), by the test named in
+    `test`, and is false whenever either side has too few samples for that test:
+    - "two_proportions" (success_rate_pct, failure_rate_pct): pooled two-proportion z-test over the
+      completions, |z| >= 1.96; needs at least 30 completions on each side and, with the pooled rate p,
+      n*p >= 5 and n*(1-p) >= 5 on each side (the normal approximation's usual condition).
+    - "quantile_intervals" (p50/p95/p99_duration_ms): each side's distribution-free 95% confidence
+      interval of the quantile q, [x(j), x(k)] with ranks j = floor(nq - 1.96 sqrt(nq(1-q))) and
+      k = ceil(nq + 1.96 sqrt(nq(1-q))) + 1 among the n durations (the count of durations below the
+      quantile is binomial); significant when the two intervals do not overlap. The order statistics are
+      read from the duration histograms by bucket, and intervals count as overlapping when they share a
+      bucket, so a difference called significant is one on the exact durations too. Needs at least 30
+      durations on each side and 1 <= j, k <= n (so p95 needs at least 110 durations, p99 563).
+    - "poisson" (event counts): the two counts as Poisson with rates per hour of the time each window has
+      elapsed (the current window's last hour is still under way; for CompareCheckpoints both are the same
+      window); given their sum N, the first is binomial under equal rates: |z| >= 1.96 with at least 30
+      events in all and an expected count of at least 5 on each side.
+    - "none" (averages, unique users, images, queue figures): no test; `significant` is always false.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_CHANGE_FIELD_NUMBER: _builtins.int
+    RELATIVE_CHANGE_PCT_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    VALUE_SAMPLES_FIELD_NUMBER: _builtins.int
+    BASELINE_SAMPLES_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The figure's field name, e.g. "success_rate_pct", "p95_duration_ms", "total_requests"."""
+    value: _builtins.float
+    baseline: _builtins.float
+    absolute_change: _builtins.float
+    """value - baseline."""
+    relative_change_pct: _builtins.float
+    """(value - baseline) / baseline x 100; unset when baseline is 0."""
+    significant: _builtins.bool
+    test: _builtins.str
+    """"two_proportions", "quantile_intervals", "poisson" or "none" (see above)."""
+    value_samples: _builtins.int
+    """The sample each side's figure is over (completions for rates, durations for percentiles, the count
+    itself for counts; 0 for "none").
+    """
+    baseline_samples: _builtins.int
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        baseline: _builtins.float = ...,
+        absolute_change: _builtins.float = ...,
+        relative_change_pct: _builtins.float | None = ...,
+        significant: _builtins.bool = ...,
+        test: _builtins.str = ...,
+        value_samples: _builtins.int = ...,
+        baseline_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_relative_change_pct", b"_relative_change_pct", "relative_change_pct", b"relative_change_pct"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_relative_change_pct", b"_relative_change_pct", "absolute_change", b"absolute_change", "baseline", b"baseline", "baseline_samples", b"baseline_samples", "metric", b"metric", "relative_change_pct", b"relative_change_pct", "significant", b"significant", "test", b"test", "value", b"value", "value_samples", b"value_samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__relative_change_pct: _TypeAlias = _typing.Literal["relative_change_pct"]  # noqa: Y015
+    _WhichOneofArgType__relative_change_pct: _TypeAlias = _typing.Literal["_relative_change_pct", b"_relative_change_pct"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relative_change_pct) -> _WhichOneofReturnType__relative_change_pct | None: ...
+
+Global___MetricChange: _TypeAlias = MetricChange  # noqa: Y015
 
 @_typing.final
 class GetOverviewResponse(_message.Message):
@@ -108,6 +186,8 @@ class GetOverviewResponse(_message.Message):
     PENDING_EVENTS_FIELD_NUMBER: _builtins.int
     WINDOW_START_FIELD_NUMBER: _builtins.int
     WINDOW_END_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
     total_requests: _builtins.int
     successful_generations: _builtins.int
@@ -133,6 +213,16 @@ class GetOverviewResponse(_message.Message):
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def previous(self) -> Global___GetOverviewResponse:
+        """With compare_previous: the previous equal window (same length, ending at window_start), every
+        figure as above (its own `previous` and `changes` unset).
+        """
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricChange]:
+        """With compare_previous: every figure above against `previous`, in the order of the fields."""
+
     def __init__(
         self,
         *,
@@ -154,10 +244,12 @@ class GetOverviewResponse(_message.Message):
         pending_events: _builtins.int = ...,
         window_start: _timestamp_pb2.Timestamp | None = ...,
         window_end: _timestamp_pb2.Timestamp | None = ...,
+        previous: Global___GetOverviewResponse | None = ...,
+        changes: _abc.Iterable[Global___MetricChange] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data_as_of", b"data_as_of", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_as_of", b"data_as_of", "previous", b"previous", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "avg_queue_length", b"avg_queue_length", "cancelled_generations", b"cancelled_generations", "data_as_of", b"data_as_of", "failed_generations", b"failed_generations", "lookback_days", b"lookback_days", "max_queue_length", b"max_queue_length", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "pending_events", b"pending_events", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_images_generated", b"total_images_generated", "total_requests", b"total_requests", "unique_users", b"unique_users", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "avg_queue_length", b"avg_queue_length", "cancelled_generations", b"cancelled_generations", "changes", b"changes", "data_as_of", b"data_as_of", "failed_generations", b"failed_generations", "lookback_days", b"lookback_days", "max_queue_length", b"max_queue_length", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "pending_events", b"pending_events", "previous", b"previous", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_images_generated", b"total_images_generated", "total_requests", b"total_requests", "unique_users", b"unique_users", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,17 +261,23 @@ class GetTrendsRequest(_message.Message):
 
     DAYS_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     days: _builtins.int
     interval: Global___Interval.ValueType
+    time_zone: _builtins.str
+    """IANA time zone of daily buckets (empty: "UTC"). Hourly buckets are the window's UTC hours in every
+    zone (in a zone whose offset is not whole hours they start at :30 or :45 local time).
+    """
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
         interval: Global___Interval.ValueType = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days", "interval", b"interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days", "interval", b"interval", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
@@ -223,7 +321,10 @@ class TrendPoint(_message.Message):
     total_images_generated: _builtins.int
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
-        """Start of the bucket (UTC)."""
+        """Start of the bucket: the hour, or the instant the local day of `time_zone` begins (its local
+        midnight, or the first instant after it when a clock change skips midnight). The first and last
+        days are partial: they hold only the window's hours.
+        """
 
     def __init__(
         self,
@@ -259,9 +360,12 @@ class GetTrendsResponse(_message.Message):
     LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
     TOTAL_DATA_POINTS_FIELD_NUMBER: _builtins.int
     DATA_POINTS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     interval: Global___Interval.ValueType
     lookback_days: _builtins.int
     total_data_points: _builtins.int
+    time_zone: _builtins.str
+    """The zone daily buckets were cut in ("UTC" by default)."""
     @_builtins.property
     def data_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrendPoint]: ...
     def __init__(
@@ -271,10 +375,11 @@ class GetTrendsResponse(_message.Message):
         lookback_days: _builtins.int = ...,
         total_data_points: _builtins.int = ...,
         data_points: _abc.Iterable[Global___TrendPoint] | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_points", b"data_points", "interval", b"interval", "lookback_days", b"lookback_days", "total_data_points", b"total_data_points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_points", b"data_points", "interval", b"interval", "lookback_days", b"lookback_days", "time_zone", b"time_zone", "total_data_points", b"total_data_points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,20 +566,24 @@ class GetModelPerformanceRequest(_message.Message):
 
     DAYS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    COMPARE_PREVIOUS_FIELD_NUMBER: _builtins.int
     days: _builtins.int
     limit: _builtins.int
     """How many entries each list holds at most: 1..1000, default 100. The rest is summed up in
     the answer's totals (every list comes with its total count), so sums still add up.
     """
+    compare_previous: _builtins.bool
+    """Also set each listed checkpoint (and `others`) against the previous equal window."""
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
         limit: _builtins.int | None = ...,
+        compare_previous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "compare_previous", b"compare_previous", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
@@ -504,6 +613,8 @@ class ModelPerformance(_message.Message):
     P99_DURATION_MS_FIELD_NUMBER: _builtins.int
     TOTAL_IMAGES_GENERATED_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     model_checkpoint: _builtins.str
     total_generations: _builtins.int
     """Completion events (successful + failed)."""
@@ -516,7 +627,19 @@ class ModelPerformance(_message.Message):
     p99_duration_ms: _builtins.float
     total_images_generated: _builtins.int
     @_builtins.property
-    def last_used_at(self) -> _timestamp_pb2.Timestamp: ...
+    def last_used_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset when the checkpoint has no event in the window."""
+
+    @_builtins.property
+    def previous(self) -> Global___ModelPerformance:
+        """With compare_previous: the same checkpoint over the previous window (zeros if it had no event
+        there); for `others`, the previous window's checkpoints that are not in the list.
+        """
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricChange]:
+        """With compare_previous: this entry against `previous` (no percentiles for `others`)."""
+
     def __init__(
         self,
         *,
@@ -531,10 +654,12 @@ class ModelPerformance(_message.Message):
         p99_duration_ms: _builtins.float = ...,
         total_images_generated: _builtins.int = ...,
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
+        previous: Global___ModelPerformance | None = ...,
+        changes: _abc.Iterable[Global___MetricChange] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used_at", b"last_used_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used_at", b"last_used_at", "previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "failed_generations", b"failed_generations", "last_used_at", b"last_used_at", "model_checkpoint", b"model_checkpoint", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_generations", b"total_generations", "total_images_generated", b"total_images_generated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "changes", b"changes", "failed_generations", b"failed_generations", "last_used_at", b"last_used_at", "model_checkpoint", b"model_checkpoint", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "previous", b"previous", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_generations", b"total_generations", "total_images_generated", b"total_images_generated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -548,6 +673,10 @@ class GetModelPerformanceResponse(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     TOTAL_MODELS_FIELD_NUMBER: _builtins.int
     OTHERS_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WINDOW_START_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WINDOW_END_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
     total_models: _builtins.int
     """Distinct checkpoints in the window."""
@@ -561,6 +690,16 @@ class GetModelPerformanceResponse(_message.Message):
         images exact; its percentiles are not computed and stay 0). Unset when the list holds them all.
         """
 
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def previous_window_start(self) -> _timestamp_pb2.Timestamp:
+        """With compare_previous: the previous equal window (same length, ending at window_start)."""
+
+    @_builtins.property
+    def previous_window_end(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -568,10 +707,14 @@ class GetModelPerformanceResponse(_message.Message):
         models: _abc.Iterable[Global___ModelPerformance] | None = ...,
         total_models: _builtins.int = ...,
         others: Global___ModelPerformance | None = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        previous_window_start: _timestamp_pb2.Timestamp | None = ...,
+        previous_window_end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["others", b"others"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["others", b"others", "previous_window_end", b"previous_window_end", "previous_window_start", b"previous_window_start", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback_days", b"lookback_days", "models", b"models", "others", b"others", "total_models", b"total_models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback_days", b"lookback_days", "models", b"models", "others", b"others", "previous_window_end", b"previous_window_end", "previous_window_start", b"previous_window_start", "total_models", b"total_models", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -583,20 +726,28 @@ class GetFailureAnalysisRequest(_message.Message):
 
     DAYS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    COMPARE_PREVIOUS_FIELD_NUMBER: _builtins.int
     days: _builtins.int
     limit: _builtins.int
     """How many entries each list holds at most: 1..1000, default 100. The rest is summed up in
     the answer's totals (every list comes with its total count), so sums still add up.
     """
+    time_zone: _builtins.str
+    """IANA time zone of the failure_trends days (empty: "UTC")."""
+    compare_previous: _builtins.bool
+    """Also set the totals and each listed error type against the previous equal window."""
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
         limit: _builtins.int | None = ...,
+        time_zone: _builtins.str = ...,
+        compare_previous: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "compare_previous", b"compare_previous", "days", b"days", "limit", b"limit", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
@@ -624,6 +775,7 @@ class ErrorTypeSummary(_message.Message):
     FIRST_SEEN_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     TOTAL_MODELS_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     error_type: _builtins.str
     count: _builtins.int
     avg_duration_ms: _builtins.float
@@ -642,6 +794,12 @@ class ErrorTypeSummary(_message.Message):
     def first_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricChange]:
+        """With compare_previous: count, avg_duration_ms and affected_users (not for `others`) against the same
+        error type over the previous window (for `others`: the previous window's error types not listed).
+        """
+
     def __init__(
         self,
         *,
@@ -654,10 +812,11 @@ class ErrorTypeSummary(_message.Message):
         first_seen: _timestamp_pb2.Timestamp | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         total_models: _builtins.int = ...,
+        changes: _abc.Iterable[Global___MetricChange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_users", b"affected_users", "avg_duration_ms", b"avg_duration_ms", "count", b"count", "error_type", b"error_type", "first_seen", b"first_seen", "last_seen", b"last_seen", "models", b"models", "sample_messages", b"sample_messages", "total_models", b"total_models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_users", b"affected_users", "avg_duration_ms", b"avg_duration_ms", "changes", b"changes", "count", b"count", "error_type", b"error_type", "first_seen", b"first_seen", "last_seen", b"last_seen", "models", b"models", "sample_messages", b"sample_messages", "total_models", b"total_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -665,7 +824,7 @@ Global___ErrorTypeSummary: _TypeAlias = ErrorTypeSummary  # noqa: Y015
 
 @_typing.final
 class FailureTrendPoint(_message.Message):
-    """FailureTrendPoint is one UTC day of the failure trend."""
+    """FailureTrendPoint is one day of the failure trend, in the request's `time_zone`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -674,7 +833,7 @@ class FailureTrendPoint(_message.Message):
     FAILURES_FIELD_NUMBER: _builtins.int
     FAILURE_RATE_FIELD_NUMBER: _builtins.int
     date: _builtins.str
-    """UTC date, "YYYY-MM-DD"."""
+    """Local date, "YYYY-MM-DD" (the first and last days are partial: only the window's hours)."""
     total_completions: _builtins.int
     failures: _builtins.int
     failure_rate: _builtins.float
@@ -707,11 +866,19 @@ class GetFailureAnalysisResponse(_message.Message):
     ERROR_TYPES_FIELD_NUMBER: _builtins.int
     FAILURE_TRENDS_FIELD_NUMBER: _builtins.int
     OTHERS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WINDOW_START_FIELD_NUMBER: _builtins.int
+    PREVIOUS_WINDOW_END_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
     total_failures: _builtins.int
     total_completions: _builtins.int
     failure_rate_pct: _builtins.float
     total_error_types: _builtins.int
+    time_zone: _builtins.str
+    """The zone failure_trends were cut in ("UTC" by default)."""
     @_builtins.property
     def error_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorTypeSummary]:
         """Ordered by count, descending (then by name); at most `limit`."""
@@ -724,6 +891,20 @@ class GetFailureAnalysisResponse(_message.Message):
         last seen exact; no samples, users or checkpoints). Unset when the list holds them all.
         """
 
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def previous_window_start(self) -> _timestamp_pb2.Timestamp:
+        """With compare_previous: the previous equal window (same length, ending at window_start) ..."""
+
+    @_builtins.property
+    def previous_window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricChange]:
+        """... and total_failures, total_completions and failure_rate_pct against it."""
+
     def __init__(
         self,
         *,
@@ -735,10 +916,16 @@ class GetFailureAnalysisResponse(_message.Message):
         error_types: _abc.Iterable[Global___ErrorTypeSummary] | None = ...,
         failure_trends: _abc.Iterable[Global___FailureTrendPoint] | None = ...,
         others: Global___ErrorTypeSummary | None = ...,
+        time_zone: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        previous_window_start: _timestamp_pb2.Timestamp | None = ...,
+        previous_window_end: _timestamp_pb2.Timestamp | None = ...,
+        changes: _abc.Iterable[Global___MetricChange] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["others", b"others"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["others", b"others", "previous_window_end", b"previous_window_end", "previous_window_start", b"previous_window_start", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_types", b"error_types", "failure_rate_pct", b"failure_rate_pct", "failure_trends", b"failure_trends", "lookback_days", b"lookback_days", "others", b"others", "total_completions", b"total_completions", "total_error_types", b"total_error_types", "total_failures", b"total_failures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "error_types", b"error_types", "failure_rate_pct", b"failure_rate_pct", "failure_trends", b"failure_trends", "lookback_days", b"lookback_days", "others", b"others", "previous_window_end", b"previous_window_end", "previous_window_start", b"previous_window_start", "time_zone", b"time_zone", "total_completions", b"total_completions", "total_error_types", b"total_error_types", "total_failures", b"total_failures", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -749,15 +936,19 @@ class GetPeakHoursRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DAYS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     days: _builtins.int
+    time_zone: _builtins.str
+    """IANA time zone whose hours of day and days of week are meant (empty: "UTC")."""
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
@@ -767,7 +958,16 @@ Global___GetPeakHoursRequest: _TypeAlias = GetPeakHoursRequest  # noqa: Y015
 
 @_typing.final
 class PeakHour(_message.Message):
-    """PeakHour is the load of one UTC hour of day over the window."""
+    """PeakHour is the load of one local hour of day over the window.
+
+    How often an hour of day occurs in the window (`occurrences`) is counted in quarter hours: the
+    window's quarter hours whose local time falls in that hour of day, divided by 4. In UTC, or any zone
+    with a whole-hour offset, every hour of day occurs a whole number of times, as its UTC hours. A
+    partial local hour at either end of the window counts in part (a +5:30 zone's first window hour is
+    half of one local hour and half of the next: 0.5 each); on a day the clocks go forward the skipped
+    hour does not occur (America/New_York's 02:00 on its spring-forward day) or occurs in part
+    (Australia/Lord_Howe moves 30 minutes: 0.5); the repeated hour of a fall-back day occurs twice.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -776,13 +976,21 @@ class PeakHour(_message.Message):
     TOTAL_REQUESTS_FIELD_NUMBER: _builtins.int
     AVG_P95_DURATION_MS_FIELD_NUMBER: _builtins.int
     AVG_QUEUE_LENGTH_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
     hour_of_day: _builtins.int
+    """0..23, local time."""
     avg_requests: _builtins.float
-    """total_requests / number of times this hour of day occurs in the window (empty hours count as zero)."""
+    """total_requests / occurrences (empty hours count as zero); 0 when the hour does not occur."""
     total_requests: _builtins.int
     avg_p95_duration_ms: _builtins.float
-    """Mean of the hourly p95 durations of the hours that had completions."""
+    """Mean over the hour's occurrences with durations of each occurrence's p95 duration. An occurrence is
+    one unbroken stretch of that local hour (a repeated fall-back hour is two). An occurrence that is a
+    whole UTC hour has the hour's exact p95; one made of quarter hours (zones with a :30/:45 offset,
+    partial hours) is read from their merged histograms, within 1%.
+    """
     avg_queue_length: _builtins.float
+    occurrences: _builtins.float
+    """How often this hour of day occurs in the window, in hours (see above)."""
     def __init__(
         self,
         *,
@@ -791,10 +999,11 @@ class PeakHour(_message.Message):
         total_requests: _builtins.int = ...,
         avg_p95_duration_ms: _builtins.float = ...,
         avg_queue_length: _builtins.float = ...,
+        occurrences: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_p95_duration_ms", b"avg_p95_duration_ms", "avg_queue_length", b"avg_queue_length", "avg_requests", b"avg_requests", "hour_of_day", b"hour_of_day", "total_requests", b"total_requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_p95_duration_ms", b"avg_p95_duration_ms", "avg_queue_length", b"avg_queue_length", "avg_requests", b"avg_requests", "hour_of_day", b"hour_of_day", "occurrences", b"occurrences", "total_requests", b"total_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -802,27 +1011,31 @@ Global___PeakHour: _TypeAlias = PeakHour  # noqa: Y015
 
 @_typing.final
 class HeatmapCell(_message.Message):
-    """HeatmapCell is the average load of one (day of week, hour of day) slot."""
+    """HeatmapCell is the average load of one (local day of week, local hour of day) slot."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DAY_OF_WEEK_FIELD_NUMBER: _builtins.int
     HOUR_OF_DAY_FIELD_NUMBER: _builtins.int
     AVG_REQUESTS_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
     day_of_week: _builtins.int
     """0 = Sunday .. 6 = Saturday (as SQL's EXTRACT(DOW))."""
     hour_of_day: _builtins.int
     avg_requests: _builtins.float
+    """Requests in the slot / occurrences (counted in quarter hours, as for PeakHour)."""
+    occurrences: _builtins.float
     def __init__(
         self,
         *,
         day_of_week: _builtins.int = ...,
         hour_of_day: _builtins.int = ...,
         avg_requests: _builtins.float = ...,
+        occurrences: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_requests", b"avg_requests", "day_of_week", b"day_of_week", "hour_of_day", b"hour_of_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_requests", b"avg_requests", "day_of_week", b"day_of_week", "hour_of_day", b"hour_of_day", "occurrences", b"occurrences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -835,7 +1048,10 @@ class GetPeakHoursResponse(_message.Message):
     LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
     PEAK_HOURS_FIELD_NUMBER: _builtins.int
     HEATMAP_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
+    time_zone: _builtins.str
+    """The zone hours of day and days of week are read in ("UTC" by default)."""
     @_builtins.property
     def peak_hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeakHour]:
         """Exactly 24 entries, hour_of_day 0..23."""
@@ -850,10 +1066,11 @@ class GetPeakHoursResponse(_message.Message):
         lookback_days: _builtins.int = ...,
         peak_hours: _abc.Iterable[Global___PeakHour] | None = ...,
         heatmap: _abc.Iterable[Global___HeatmapCell] | None = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heatmap", b"heatmap", "lookback_days", b"lookback_days", "peak_hours", b"peak_hours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heatmap", b"heatmap", "lookback_days", b"lookback_days", "peak_hours", b"peak_hours", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1032,3 +1249,77 @@ class ListTopUsersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTopUsersResponse: _TypeAlias = ListTopUsersResponse  # noqa: Y015
+
+@_typing.final
+class CompareCheckpointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    MODEL_CHECKPOINT_A_FIELD_NUMBER: _builtins.int
+    MODEL_CHECKPOINT_B_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    model_checkpoint_a: _builtins.str
+    """The baseline checkpoint (required; at most 1,024 characters)."""
+    model_checkpoint_b: _builtins.str
+    """The checkpoint set against it (required; at most 1,024 characters)."""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int | None = ...,
+        model_checkpoint_a: _builtins.str = ...,
+        model_checkpoint_b: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days", "model_checkpoint_a", b"model_checkpoint_a", "model_checkpoint_b", b"model_checkpoint_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
+    _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
+
+Global___CompareCheckpointsRequest: _TypeAlias = CompareCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class CompareCheckpointsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_A_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_B_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    lookback_days: _builtins.int
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def checkpoint_a(self) -> Global___ModelPerformance:
+        """Each checkpoint's figures over the window, as GetModelPerformance gives them (zeros and no
+        last_used_at for a checkpoint without events; `previous` and `changes` unset).
+        """
+
+    @_builtins.property
+    def checkpoint_b(self) -> Global___ModelPerformance: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricChange]:
+        """Every figure of checkpoint_b (value) against checkpoint_a (baseline); see MetricChange."""
+
+    def __init__(
+        self,
+        *,
+        lookback_days: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        checkpoint_a: Global___ModelPerformance | None = ...,
+        checkpoint_b: Global___ModelPerformance | None = ...,
+        changes: _abc.Iterable[Global___MetricChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_a", b"checkpoint_a", "checkpoint_b", b"checkpoint_b", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "checkpoint_a", b"checkpoint_a", "checkpoint_b", b"checkpoint_b", "lookback_days", b"lookback_days", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCheckpointsResponse: _TypeAlias = CompareCheckpointsResponse  # noqa: Y015

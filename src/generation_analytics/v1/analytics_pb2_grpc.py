@@ -33,6 +33,23 @@ class AnalyticsServiceStub:
     Counts and averages are exact. Percentiles of a single hour are exact; percentiles over more than one
     hour are read from mergeable log histograms and are within 1% relative error of the exact value.
     An empty window answers zeros, never an error.
+
+    Local time. GetTrends (daily buckets), GetFailureAnalysis (failure_trends) and GetPeakHours take a
+    `time_zone`: an IANA name such as "America/New_York" or "Asia/Kathmandu" (case as in the tz database;
+    empty = "UTC"); any other text is INVALID_ARGUMENT naming `time_zone`. The window stays the same UTC
+    hours; only its cut into days and hours of day follows the zone's clock, daylight-saving changes and
+    offsets that are not whole hours (+5:30, +5:45) included. Every figure stays exact: the rollups keep a
+    row per quarter hour as well as per hour, and every zone offset in use is a multiple of 15 minutes
+    (changing on a quarter hour), so a local day or hour is always a whole number of quarter hours. An
+    hour that lies wholly inside one local bucket is read from its hourly row, the few hours a local
+    boundary cuts through from their quarter rows. (Hours aggregated before the quarter rows existed
+    and already past raw-event retention have no quarter rows: such an hour counts whole in the bucket
+    of its start.)
+
+    Comparisons. GetOverview, GetModelPerformance and GetFailureAnalysis take `compare_previous`: the
+    answer then also carries the previous equal window (the same number of hours, ending where the window
+    starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
+    window with the same MetricChange list. MetricChange documents when a change is `significant`.
     """
 
     def __init__(self, channel):
@@ -81,6 +98,11 @@ class AnalyticsServiceStub:
                 request_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ListTopUsersRequest.SerializeToString,
                 response_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ListTopUsersResponse.FromString,
                 _registered_method=True)
+        self.CompareCheckpoints = channel.unary_unary(
+                '/generation_analytics.v1.AnalyticsService/CompareCheckpoints',
+                request_serializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsRequest.SerializeToString,
+                response_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -91,17 +113,35 @@ class AnalyticsServiceServicer:
     Counts and averages are exact. Percentiles of a single hour are exact; percentiles over more than one
     hour are read from mergeable log histograms and are within 1% relative error of the exact value.
     An empty window answers zeros, never an error.
+
+    Local time. GetTrends (daily buckets), GetFailureAnalysis (failure_trends) and GetPeakHours take a
+    `time_zone`: an IANA name such as "America/New_York" or "Asia/Kathmandu" (case as in the tz database;
+    empty = "UTC"); any other text is INVALID_ARGUMENT naming `time_zone`. The window stays the same UTC
+    hours; only its cut into days and hours of day follows the zone's clock, daylight-saving changes and
+    offsets that are not whole hours (+5:30, +5:45) included. Every figure stays exact: the rollups keep a
+    row per quarter hour as well as per hour, and every zone offset in use is a multiple of 15 minutes
+    (changing on a quarter hour), so a local day or hour is always a whole number of quarter hours. An
+    hour that lies wholly inside one local bucket is read from its hourly row, the few hours a local
+    boundary cuts through from their quarter rows. (Hours aggregated before the quarter rows existed
+    and already past raw-event retention have no quarter rows: such an hour counts whole in the bucket
+    of its start.)
+
+    Comparisons. GetOverview, GetModelPerformance and GetFailureAnalysis take `compare_previous`: the
+    answer then also carries the previous equal window (the same number of hours, ending where the window
+    starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
+    window with the same MetricChange list. MetricChange documents when a change is `significant`.
     """
 
     def GetOverview(self, request, context):
-        """GetOverview summarises a window (days 1..365, default 7).
+        """GetOverview summarises a window (days 1..365, default 7), optionally against the previous window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTrends(self, request, context):
-        """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7).
+        """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7); daily buckets are
+        the days of `time_zone`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,21 +155,24 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelPerformance(self, request, context):
-        """GetModelPerformance compares model checkpoints (days 1..365, default 30).
+        """GetModelPerformance compares model checkpoints (days 1..365, default 30), optionally each against
+        itself over the previous window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFailureAnalysis(self, request, context):
-        """GetFailureAnalysis breaks failures down by error type and day (days 1..365, default 7).
+        """GetFailureAnalysis breaks failures down by error type and by day of `time_zone` (days 1..365,
+        default 7), optionally against the previous window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPeakHours(self, request, context):
-        """GetPeakHours gives load per UTC hour of day and a day-of-week heatmap (days 1..365, default 30).
+        """GetPeakHours gives load per hour of day of `time_zone` and a day-of-week heatmap (days 1..365,
+        default 30).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +187,14 @@ class AnalyticsServiceServicer:
 
     def ListTopUsers(self, request, context):
         """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareCheckpoints(self, request, context):
+        """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
+        "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +243,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     request_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ListTopUsersRequest.FromString,
                     response_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ListTopUsersResponse.SerializeToString,
             ),
+            'CompareCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareCheckpoints,
+                    request_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsRequest.FromString,
+                    response_serializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'generation_analytics.v1.AnalyticsService', rpc_method_handlers)
@@ -208,6 +264,23 @@ class AnalyticsService:
     Counts and averages are exact. Percentiles of a single hour are exact; percentiles over more than one
     hour are read from mergeable log histograms and are within 1% relative error of the exact value.
     An empty window answers zeros, never an error.
+
+    Local time. GetTrends (daily buckets), GetFailureAnalysis (failure_trends) and GetPeakHours take a
+    `time_zone`: an IANA name such as "America/New_York" or "Asia/Kathmandu" (case as in the tz database;
+    empty = "UTC"); any other text is INVALID_ARGUMENT naming `time_zone`. The window stays the same UTC
+    hours; only its cut into days and hours of day follows the zone's clock, daylight-saving changes and
+    offsets that are not whole hours (+5:30, +5:45) included. Every figure stays exact: the rollups keep a
+    row per quarter hour as well as per hour, and every zone offset in use is a multiple of 15 minutes
+    (changing on a quarter hour), so a local day or hour is always a whole number of quarter hours. An
+    hour that lies wholly inside one local bucket is read from its hourly row, the few hours a local
+    boundary cuts through from their quarter rows. (Hours aggregated before the quarter rows existed
+    and already past raw-event retention have no quarter rows: such an hour counts whole in the bucket
+    of its start.)
+
+    Comparisons. GetOverview, GetModelPerformance and GetFailureAnalysis take `compare_previous`: the
+    answer then also carries the previous equal window (the same number of hours, ending where the window
+    starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
+    window with the same MetricChange list. MetricChange documents when a change is `significant`.
     """
 
     @staticmethod
@@ -416,6 +489,33 @@ class AnalyticsService:
             '/generation_analytics.v1.AnalyticsService/ListTopUsers',
             generation__analytics_dot_v1_dot_analytics__pb2.ListTopUsersRequest.SerializeToString,
             generation__analytics_dot_v1_dot_analytics__pb2.ListTopUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_analytics.v1.AnalyticsService/CompareCheckpoints',
+            generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsRequest.SerializeToString,
+            generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

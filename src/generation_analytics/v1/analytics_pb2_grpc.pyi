@@ -34,6 +34,23 @@ class AnalyticsServiceStub:
     Counts and averages are exact. Percentiles of a single hour are exact; percentiles over more than one
     hour are read from mergeable log histograms and are within 1% relative error of the exact value.
     An empty window answers zeros, never an error.
+
+    Local time. GetTrends (daily buckets), GetFailureAnalysis (failure_trends) and GetPeakHours take a
+    `time_zone`: an IANA name such as "America/New_York" or "Asia/Kathmandu" (case as in the tz database;
+    empty = "UTC"); any other text is INVALID_ARGUMENT naming `time_zone`. The window stays the same UTC
+    hours; only its cut into days and hours of day follows the zone's clock, daylight-saving changes and
+    offsets that are not whole hours (+5:30, +5:45) included. Every figure stays exact: the rollups keep a
+    row per quarter hour as well as per hour, and every zone offset in use is a multiple of 15 minutes
+    (changing on a quarter hour), so a local day or hour is always a whole number of quarter hours. An
+    hour that lies wholly inside one local bucket is read from its hourly row, the few hours a local
+    boundary cuts through from their quarter rows. (Hours aggregated before the quarter rows existed
+    and already past raw-event retention have no quarter rows: such an hour counts whole in the bucket
+    of its start.)
+
+    Comparisons. GetOverview, GetModelPerformance and GetFailureAnalysis take `compare_previous`: the
+    answer then also carries the previous equal window (the same number of hours, ending where the window
+    starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
+    window with the same MetricChange list. MetricChange documents when a change is `significant`.
     """
 
     @_typing.overload
@@ -41,21 +58,33 @@ class AnalyticsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AnalyticsServiceAsyncStub: ...
     GetOverview: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetOverviewRequest, _analytics_pb2.GetOverviewResponse]
-    """GetOverview summarises a window (days 1..365, default 7)."""
+    """GetOverview summarises a window (days 1..365, default 7), optionally against the previous window."""
     GetTrends: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetTrendsRequest, _analytics_pb2.GetTrendsResponse]
-    """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7)."""
+    """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7); daily buckets are
+    the days of `time_zone`.
+    """
     GetUserAnalytics: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetUserAnalyticsRequest, _analytics_pb2.GetUserAnalyticsResponse]
     """GetUserAnalytics describes one user's activity (days 1..365, default 30). Unknown users get zeros."""
     GetModelPerformance: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetModelPerformanceRequest, _analytics_pb2.GetModelPerformanceResponse]
-    """GetModelPerformance compares model checkpoints (days 1..365, default 30)."""
+    """GetModelPerformance compares model checkpoints (days 1..365, default 30), optionally each against
+    itself over the previous window.
+    """
     GetFailureAnalysis: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetFailureAnalysisRequest, _analytics_pb2.GetFailureAnalysisResponse]
-    """GetFailureAnalysis breaks failures down by error type and day (days 1..365, default 7)."""
+    """GetFailureAnalysis breaks failures down by error type and by day of `time_zone` (days 1..365,
+    default 7), optionally against the previous window.
+    """
     GetPeakHours: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.GetPeakHoursRequest, _analytics_pb2.GetPeakHoursResponse]
-    """GetPeakHours gives load per UTC hour of day and a day-of-week heatmap (days 1..365, default 30)."""
+    """GetPeakHours gives load per hour of day of `time_zone` and a day-of-week heatmap (days 1..365,
+    default 30).
+    """
     ListEvents: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListEventsRequest, _analytics_pb2.ListEventsResponse]
     """ListEvents pages through raw events, newest or slowest first (days 1..365, default 7)."""
     ListTopUsers: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListTopUsersRequest, _analytics_pb2.ListTopUsersResponse]
     """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+    CompareCheckpoints: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]
+    """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
+    "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -66,25 +95,54 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     Counts and averages are exact. Percentiles of a single hour are exact; percentiles over more than one
     hour are read from mergeable log histograms and are within 1% relative error of the exact value.
     An empty window answers zeros, never an error.
+
+    Local time. GetTrends (daily buckets), GetFailureAnalysis (failure_trends) and GetPeakHours take a
+    `time_zone`: an IANA name such as "America/New_York" or "Asia/Kathmandu" (case as in the tz database;
+    empty = "UTC"); any other text is INVALID_ARGUMENT naming `time_zone`. The window stays the same UTC
+    hours; only its cut into days and hours of day follows the zone's clock, daylight-saving changes and
+    offsets that are not whole hours (+5:30, +5:45) included. Every figure stays exact: the rollups keep a
+    row per quarter hour as well as per hour, and every zone offset in use is a multiple of 15 minutes
+    (changing on a quarter hour), so a local day or hour is always a whole number of quarter hours. An
+    hour that lies wholly inside one local bucket is read from its hourly row, the few hours a local
+    boundary cuts through from their quarter rows. (Hours aggregated before the quarter rows existed
+    and already past raw-event retention have no quarter rows: such an hour counts whole in the bucket
+    of its start.)
+
+    Comparisons. GetOverview, GetModelPerformance and GetFailureAnalysis take `compare_previous`: the
+    answer then also carries the previous equal window (the same number of hours, ending where the window
+    starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
+    window with the same MetricChange list. MetricChange documents when a change is `significant`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetOverview: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetOverviewRequest, _analytics_pb2.GetOverviewResponse]  # type: ignore[assignment]
-    """GetOverview summarises a window (days 1..365, default 7)."""
+    """GetOverview summarises a window (days 1..365, default 7), optionally against the previous window."""
     GetTrends: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetTrendsRequest, _analytics_pb2.GetTrendsResponse]  # type: ignore[assignment]
-    """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7)."""
+    """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7); daily buckets are
+    the days of `time_zone`.
+    """
     GetUserAnalytics: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetUserAnalyticsRequest, _analytics_pb2.GetUserAnalyticsResponse]  # type: ignore[assignment]
     """GetUserAnalytics describes one user's activity (days 1..365, default 30). Unknown users get zeros."""
     GetModelPerformance: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetModelPerformanceRequest, _analytics_pb2.GetModelPerformanceResponse]  # type: ignore[assignment]
-    """GetModelPerformance compares model checkpoints (days 1..365, default 30)."""
+    """GetModelPerformance compares model checkpoints (days 1..365, default 30), optionally each against
+    itself over the previous window.
+    """
     GetFailureAnalysis: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetFailureAnalysisRequest, _analytics_pb2.GetFailureAnalysisResponse]  # type: ignore[assignment]
-    """GetFailureAnalysis breaks failures down by error type and day (days 1..365, default 7)."""
+    """GetFailureAnalysis breaks failures down by error type and by day of `time_zone` (days 1..365,
+    default 7), optionally against the previous window.
+    """
     GetPeakHours: _aio.UnaryUnaryMultiCallable[_analytics_pb2.GetPeakHoursRequest, _analytics_pb2.GetPeakHoursResponse]  # type: ignore[assignment]
-    """GetPeakHours gives load per UTC hour of day and a day-of-week heatmap (days 1..365, default 30)."""
+    """GetPeakHours gives load per hour of day of `time_zone` and a day-of-week heatmap (days 1..365,
+    default 30).
+    """
     ListEvents: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListEventsRequest, _analytics_pb2.ListEventsResponse]  # type: ignore[assignment]
     """ListEvents pages through raw events, newest or slowest first (days 1..365, default 7)."""
     ListTopUsers: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListTopUsersRequest, _analytics_pb2.ListTopUsersResponse]  # type: ignore[assignment]
     """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+    CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]  # type: ignore[assignment]
+    """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
+    "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+    """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AnalyticsService answers questions about recorded events.
@@ -94,6 +152,23 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     Counts and averages are exact. Percentiles of a single hour are exact; percentiles over more than one
     hour are read from mergeable log histograms and are within 1% relative error of the exact value.
     An empty window answers zeros, never an error.
+
+    Local time. GetTrends (daily buckets), GetFailureAnalysis (failure_trends) and GetPeakHours take a
+    `time_zone`: an IANA name such as "America/New_York" or "Asia/Kathmandu" (case as in the tz database;
+    empty = "UTC"); any other text is INVALID_ARGUMENT naming `time_zone`. The window stays the same UTC
+    hours; only its cut into days and hours of day follows the zone's clock, daylight-saving changes and
+    offsets that are not whole hours (+5:30, +5:45) included. Every figure stays exact: the rollups keep a
+    row per quarter hour as well as per hour, and every zone offset in use is a multiple of 15 minutes
+    (changing on a quarter hour), so a local day or hour is always a whole number of quarter hours. An
+    hour that lies wholly inside one local bucket is read from its hourly row, the few hours a local
+    boundary cuts through from their quarter rows. (Hours aggregated before the quarter rows existed
+    and already past raw-event retention have no quarter rows: such an hour counts whole in the bucket
+    of its start.)
+
+    Comparisons. GetOverview, GetModelPerformance and GetFailureAnalysis take `compare_previous`: the
+    answer then also carries the previous equal window (the same number of hours, ending where the window
+    starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
+    window with the same MetricChange list. MetricChange documents when a change is `significant`.
     """
 
     @_abc_1.abstractmethod
@@ -102,7 +177,7 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetOverviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetOverviewResponse, _abc.Awaitable[_analytics_pb2.GetOverviewResponse]]:
-        """GetOverview summarises a window (days 1..365, default 7)."""
+        """GetOverview summarises a window (days 1..365, default 7), optionally against the previous window."""
 
     @_abc_1.abstractmethod
     def GetTrends(
@@ -110,7 +185,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetTrendsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetTrendsResponse, _abc.Awaitable[_analytics_pb2.GetTrendsResponse]]:
-        """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7)."""
+        """GetTrends returns zero-filled hourly or daily buckets (days 1..365, default 7); daily buckets are
+        the days of `time_zone`.
+        """
 
     @_abc_1.abstractmethod
     def GetUserAnalytics(
@@ -126,7 +203,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetModelPerformanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetModelPerformanceResponse, _abc.Awaitable[_analytics_pb2.GetModelPerformanceResponse]]:
-        """GetModelPerformance compares model checkpoints (days 1..365, default 30)."""
+        """GetModelPerformance compares model checkpoints (days 1..365, default 30), optionally each against
+        itself over the previous window.
+        """
 
     @_abc_1.abstractmethod
     def GetFailureAnalysis(
@@ -134,7 +213,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetFailureAnalysisRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetFailureAnalysisResponse, _abc.Awaitable[_analytics_pb2.GetFailureAnalysisResponse]]:
-        """GetFailureAnalysis breaks failures down by error type and day (days 1..365, default 7)."""
+        """GetFailureAnalysis breaks failures down by error type and by day of `time_zone` (days 1..365,
+        default 7), optionally against the previous window.
+        """
 
     @_abc_1.abstractmethod
     def GetPeakHours(
@@ -142,7 +223,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.GetPeakHoursRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.GetPeakHoursResponse, _abc.Awaitable[_analytics_pb2.GetPeakHoursResponse]]:
-        """GetPeakHours gives load per UTC hour of day and a day-of-week heatmap (days 1..365, default 30)."""
+        """GetPeakHours gives load per hour of day of `time_zone` and a day-of-week heatmap (days 1..365,
+        default 30).
+        """
 
     @_abc_1.abstractmethod
     def ListEvents(
@@ -159,5 +242,15 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.ListTopUsersResponse, _abc.Awaitable[_analytics_pb2.ListTopUsersResponse]]:
         """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+
+    @_abc_1.abstractmethod
+    def CompareCheckpoints(
+        self,
+        request: _analytics_pb2.CompareCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.CompareCheckpointsResponse, _abc.Awaitable[_analytics_pb2.CompareCheckpointsResponse]]:
+        """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
+        "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+        """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,5 @@
-"""The rollups of a set of hours that do not depend on users: one row per hour, per checkpoint and per
-error type, and the daily rows per checkpoint and error type.
+"""The rollups of a set of hours that do not depend on users: one row per hour, per quarter hour, per
+checkpoint and per error type, and the daily rows per checkpoint and error type.
 
 Every function here runs inside the aggregation transaction of `aggregate.py`, on the temp table
 `agg_events` (the hours' events, see `create_agg_events`). Hourly rows are replaced as a unit per hour
@@ -19,11 +19,13 @@ from generation_analytics.service.sketches import LOG_GAMMA
 
 Cursor = psycopg.Cursor[Any]
 
-# The hours' events with what every rollup needs: the duration bucket (see sketches.py) of completions
-# with a duration, the images a successful completion produced, and the user's dense id (set by transfer;
-# rows stored another way are looked up, see ensure_users).
+# The hours' events with what every rollup needs: the quarter hour, the duration bucket (see sketches.py)
+# of completions with a duration, the images a successful completion produced, and the user's dense id
+# (set by transfer; rows stored another way are looked up, see ensure_users).
 AGG_EVENTS = """
-SELECT date_trunc('hour', e.timestamp) AS hour, e.event_type, e.user_id,
+SELECT date_trunc('hour', e.timestamp) AS hour,
+       date_bin('15 minutes', e.timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS quarter,
+       e.event_type, e.user_id,
        coalesce(e.uid, (SELECT u.uid FROM generation_users AS u WHERE u.user_id = e.user_id)) AS uid,
        e.timestamp, e.duration_ms, e.success, e.event_type = 'completion' AND e.success = false AS failed,
        coalesce(e.error_type, '') AS error_type, e.error_message, e.model_checkpoint, e.queue_length,
@@ -76,7 +78,8 @@ COUNTS = """count(*) FILTER (WHERE event_type = 'request') AS requests,
            coalesce(sum(duration_ms) FILTER (WHERE bucket IS NOT NULL), 0) AS duration_sum"""
 DAY_OF_HOUR = "(hour AT TIME ZONE 'UTC')::date"
 
-SELECT_HOUR_UIDS = "SELECT hour, array_agg(uid) FROM agg_events GROUP BY hour"
+# The users of each quarter hour: the hour's user set is the union of its quarters' sets.
+SELECT_QUARTER_UIDS = "SELECT hour, quarter, array_agg(uid) FROM agg_events GROUP BY hour, quarter"
 
 UPSERT_HOURLY = f"""
 INSERT INTO generation_metrics_hourly AS m (
@@ -127,17 +130,59 @@ WHERE m.timestamp = ANY(%(hours)s) AND NOT EXISTS (SELECT 1 FROM agg_events AS a
 """
 
 
+# Quarter-hour rows: the figures that add up, the duration histogram and the user set, replaced with
+# the hours they belong to (local days and hours of day in any zone, see queries/local_time.py).
+DELETE_QUARTERS = """
+DELETE FROM generation_metrics_quarterly AS q
+USING unnest(%(hours)s::timestamptz[]) AS h(hour)
+WHERE q.quarter >= h.hour AND q.quarter < h.hour + interval '1 hour'
+"""
+INSERT_QUARTERS = f"""
+INSERT INTO generation_metrics_quarterly (
+    quarter, total_requests, successful_generations, failed_generations, cancelled_generations,
+    duration_count, duration_sum, total_images_generated, queue_length_count, queue_length_sum,
+    max_queue_length, duration_hist, user_bitmap)
+SELECT s.quarter, s.requests, s.successes, s.failures, s.cancellations, s.duration_count, s.duration_sum,
+       s.images, s.queue_count, s.queue_sum, s.max_queue, coalesce(h.hist, ''::bytea), u.bitmap
+FROM (
+    SELECT quarter,
+           {COUNTS},
+           sum(images) AS images,
+           count(queue_length) FILTER (WHERE event_type = 'request') AS queue_count,
+           coalesce(sum(queue_length) FILTER (WHERE event_type = 'request'), 0) AS queue_sum,
+           max(queue_length) FILTER (WHERE event_type = 'request') AS max_queue
+    FROM agg_events GROUP BY quarter
+) AS s
+JOIN unnest(%(set_quarters)s::timestamptz[], %(quarter_sets)s::bytea[]) AS u(quarter, bitmap) USING (quarter)
+LEFT JOIN (
+    SELECT quarter, {HIST} AS hist
+    FROM (SELECT quarter, bucket, count(*) AS n FROM agg_events WHERE bucket IS NOT NULL GROUP BY 1, 2) AS b
+    GROUP BY quarter
+) AS h USING (quarter)
+"""
+
+
 def write_hourly(cur: Cursor, params: dict[str, Any]) -> None:
-    """generation_metrics_hourly for the hours (the seed's table): exact percentiles, the hour's user set."""
-    cur.execute(SELECT_HOUR_UIDS)
-    hours, sets, sizes = [], [], []
-    for hour, uids in cur.fetchall():
+    """generation_metrics_hourly for the hours (the seed's table): exact percentiles, the hour's user set;
+    and generation_metrics_quarterly, the same figures (but percentiles) per quarter hour."""
+    cur.execute(SELECT_QUARTER_UIDS)
+    by_hour: dict[Any, list[BitMap]] = {}
+    quarters, quarter_sets = [], []
+    for hour, quarter, uids in cur.fetchall():
         users = BitMap(uid for uid in uids if uid is not None)
+        by_hour.setdefault(hour, []).append(users)
+        quarters.append(quarter)
+        quarter_sets.append(sketches.serialize(users))
+    hours, sets, sizes = [], [], []
+    for hour, parts in by_hour.items():
+        users = BitMap.union(*parts)
         hours.append(hour)
         sets.append(sketches.serialize(users))
         sizes.append(len(users))
     cur.execute(UPSERT_HOURLY, params | {"set_hours": hours, "sets": sets, "set_sizes": sizes})
     cur.execute(DELETE_EMPTY_HOURLY, params)
+    cur.execute(DELETE_QUARTERS, params)
+    cur.execute(INSERT_QUARTERS, params | {"set_quarters": quarters, "quarter_sets": quarter_sets})
 
 
 # The (day, key) pairs whose hourly rows change: the keys of the rows replaced and of the new rows.

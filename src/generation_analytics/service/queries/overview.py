@@ -1,8 +1,10 @@
-"""Overview, trends and peak hours: all read from generation_metrics_hourly (one row per UTC hour)."""
+"""Overview, trends and peak hours: read from generation_metrics_hourly (one row per UTC hour), and in a
+time zone whose days or hours a UTC hour does not fit from generation_metrics_quarterly (local_time.py)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -10,8 +12,10 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from generation_analytics.service.hours import day_start
-from generation_analytics.service.queries.totals import Totals, add_row, build
+from generation_analytics.service.queries import local_time
+from generation_analytics.service.queries.local_time import QUARTER_HISTS, QUARTER_ROWS, Occurrence, cut, pieces
+from generation_analytics.service.queries.significance import MetricChange, compare_totals
+from generation_analytics.service.queries.totals import Totals, add_row, build, group_quantiles
 from generation_analytics.service.queries.window import Window
 from generation_analytics.vocabulary import Interval
 
@@ -40,7 +44,8 @@ SELECT coalesce(min(marked_at), now()) FROM generation_dirty_hours WHERE hour >=
 
 
 async def hourly_rows(conn: AsyncConnection[Any], window: Window, *, blobs: bool = True) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
+    # Binary results: histograms and user sets arrive as they are stored, not hex-encoded (half the bytes).
+    async with conn.cursor(row_factory=dict_row, binary=True) as cur:
         await cur.execute(HOURLY_ROWS if blobs else HOURLY_COUNTS, {"start": window.start, "end": window.end})
         return await cur.fetchall()
 
@@ -72,13 +77,23 @@ class Overview:
     pending_events: int
     window_start: datetime
     window_end: datetime
+    previous: Overview | None = None
+    changes: list[MetricChange] = field(default_factory=list)
 
 
-async def overview(conn: AsyncConnection[Any], window: Window, *, pending_events: int) -> Overview:
+# The figures compared with the previous window, in the order of the response's fields.
+COMPARED = (
+    "total_requests", "successful_generations", "failed_generations", "cancelled_generations", "success_rate_pct",
+    "avg_duration_ms", "p50_duration_ms", "p95_duration_ms", "p99_duration_ms", "unique_users",
+    "total_images_generated", "avg_queue_length", "max_queue_length",
+)  # fmt: skip
+
+
+async def _summary(conn: AsyncConnection[Any], window: Window, pending_events: int) -> tuple[Overview, Totals]:
     totals = Totals()
     for row in await hourly_rows(conn, window):
         add_row(totals, row)
-    return build(
+    answer = build(
         Overview,
         totals.figures(50, 95, 99),
         lookback_days=window.days,
@@ -87,7 +102,25 @@ async def overview(conn: AsyncConnection[Any], window: Window, *, pending_events
         pending_events=pending_events,
         window_start=window.start,
         window_end=window.end,
+        previous=None,
+        changes=[],
     )
+    return answer, totals
+
+
+async def overview(conn: AsyncConnection[Any], window: Window, *, pending_events: int) -> Overview:
+    """The window's figures; with `window.previous`, the previous window's too and what changed."""
+    answer, totals = await _summary(conn, window, pending_events)
+    if window.previous is not None:
+        before, before_totals = await _summary(conn, window.previous, pending_events)
+        answer.previous = before
+        answer.changes = compare_totals(
+            totals,
+            before_totals,
+            [(name, getattr(answer, name), getattr(before, name)) for name in COMPARED],
+            hours=(window.elapsed_hours, window.previous.elapsed_hours),
+        )
+    return answer
 
 
 @dataclass
@@ -114,6 +147,7 @@ class Trends:
     lookback_days: int
     total_data_points: int
     data_points: list[TrendPoint] = field(default_factory=list)
+    time_zone: str = "UTC"
 
 
 def _point(start: datetime, totals: Totals, percentiles: list[float], unique_users: int) -> TrendPoint:
@@ -136,7 +170,8 @@ def _point(start: datetime, totals: Totals, percentiles: list[float], unique_use
 
 
 async def trends(conn: AsyncConnection[Any], window: Window, *, interval: Interval) -> Trends:
-    """Zero-filled hourly or daily buckets; an hour's percentiles are exact, a day's within 1%."""
+    """Zero-filled hourly or daily buckets; an hour's percentiles are exact, a day's within 1%.
+    Days are those of `window.zone`; hours are the window's UTC hours in every zone."""
     rows = await hourly_rows(conn, window)
     points: list[TrendPoint] = []
     if interval is Interval.HOURLY:
@@ -151,13 +186,22 @@ async def trends(conn: AsyncConnection[Any], window: Window, *, interval: Interv
             exact = [row["p50_duration_ms"] or 0.0, row["p95_duration_ms"] or 0.0, row["p99_duration_ms"] or 0.0]
             points.append(_point(hour, totals, exact, row["unique_users"]))
     else:
+        days = cut(window.start, len(window.hours), window.zone, local_time.local_day)
         by_day: dict[date, Totals] = defaultdict(Totals)
-        for row in rows:
-            add_row(by_day[row["hour"].date()], row)
-        for day in window.dates:
+        for piece in await pieces(conn, days, rows, query=QUARTER_ROWS):
+            add_row(by_day[piece.bucket], piece.row)
+            by_day[piece.bucket].bitmaps.extend(piece.row.get("bitmaps") or [])
+        for day in sorted(days.weights):
             totals = by_day.get(day, Totals())
-            points.append(_point(day_start(day), totals, totals.percentiles(0.5, 0.95, 0.99), totals.unique_users))
-    return Trends(interval=interval, lookback_days=window.days, total_data_points=len(points), data_points=points)
+            start = local_time.day_start(day, window.zone)
+            points.append(_point(start, totals, totals.percentiles(0.5, 0.95, 0.99), totals.unique_users))
+    return Trends(
+        interval=interval,
+        lookback_days=window.days,
+        total_data_points=len(points),
+        data_points=points,
+        time_zone=window.zone.key,
+    )
 
 
 @dataclass
@@ -167,6 +211,7 @@ class PeakHour:
     total_requests: int
     avg_p95_duration_ms: float
     avg_queue_length: float
+    occurrences: float
 
 
 @dataclass
@@ -174,6 +219,7 @@ class HeatmapCell:
     day_of_week: int
     hour_of_day: int
     avg_requests: float
+    occurrences: float
 
 
 @dataclass
@@ -181,42 +227,67 @@ class PeakHours:
     lookback_days: int
     peak_hours: list[PeakHour]
     heatmap: list[HeatmapCell]
+    time_zone: str = "UTC"
 
 
-def day_of_week(moment: datetime) -> int:
+def day_of_week(day: date | datetime) -> int:
     """0 = Sunday .. 6 = Saturday, as SQL's EXTRACT(DOW)."""
-    return (moment.weekday() + 1) % 7
+    return (day.weekday() + 1) % 7
+
+
+def _slots(occurrences: Iterable[Occurrence]) -> dict[Occurrence, tuple[int, int]]:
+    """The heatmap slot (day of week, hour of day) of each occurrence (days of week looked up once)."""
+    days: dict[date, int] = {}
+    slots = {}
+    for occurrence in occurrences:
+        day = occurrence[0]
+        dow = days.get(day)
+        if dow is None:
+            dow = days[day] = day_of_week(day)
+        slots[occurrence] = (dow, occurrence[1])
+    return slots
 
 
 async def peak_hours(conn: AsyncConnection[Any], window: Window) -> PeakHours:
-    """Load per hour of day: requests ÷ how often that hour occurs in the window (empty hours count)."""
-    by_hour = {row["hour"]: row for row in await hourly_rows(conn, window, blobs=False)}
-    occurrences = [0] * 24
+    """Load per local hour of day: requests ÷ how often that hour occurs in the window (in quarter
+    hours ÷ 4, so partial and repeated hours count as they are; empty hours count as zero)."""
+    occurrences_of = cut(window.start, len(window.hours), window.zone, local_time.local_hour)
+    rows = await hourly_rows(conn, window, blobs=False)
+    occurrences = [0.0] * 24
+    slot_occurrences: dict[tuple[int, int], float] = defaultdict(float)
+    slot_of = _slots(occurrences_of.weights)
+    for occurrence, hours in occurrences_of.weights.items():
+        occurrences[occurrence[1]] += hours
+        slot_occurrences[slot_of[occurrence]] += hours
     requests = [0] * 24
-    p95s: list[list[float]] = [[] for _ in range(24)]
-    queue = [[0, 0] for _ in range(24)]
-    slot_occurrences: dict[tuple[int, int], int] = defaultdict(int)
     slot_requests: dict[tuple[int, int], int] = defaultdict(int)
-    for hour in window.hours:
-        h, slot = hour.hour, (day_of_week(hour), hour.hour)
-        occurrences[h] += 1
-        slot_occurrences[slot] += 1
-        row = by_hour.get(hour)
-        if row is None:
-            continue
+    queue = [[0, 0] for _ in range(24)]
+    p95s: dict[Occurrence, float] = {}  # the exact p95 of occurrences that are a whole UTC hour
+    quarter_hists: dict[Occurrence, list[bytes]] = defaultdict(list)  # the others' histograms
+    for piece in await pieces(conn, occurrences_of, rows, query=QUARTER_HISTS):
+        occurrence, row = piece.bucket, piece.row
+        h = occurrence[1]
         requests[h] += row["requests"]
-        slot_requests[slot] += row["requests"]
-        if row["p95_duration_ms"] is not None:
-            p95s[h].append(row["p95_duration_ms"])
+        slot_requests[slot_of[occurrence]] += row["requests"]
         queue[h][0] += row["queue_sum"]
         queue[h][1] += row["queue_count"]
+        if not piece.quarter:
+            if row["p95_duration_ms"] is not None:
+                p95s[occurrence] = row["p95_duration_ms"]
+        elif row["hist"]:
+            quarter_hists[occurrence].append(row["hist"])
+    p95s.update(group_quantiles(quarter_hists, 0.95))
+    p95_by_hour: list[list[float]] = [[] for _ in range(24)]
+    for occurrence, p95 in p95s.items():
+        p95_by_hour[occurrence[1]].append(p95)
     peaks = [
         PeakHour(
             hour_of_day=h,
             avg_requests=requests[h] / occurrences[h] if occurrences[h] else 0.0,
             total_requests=requests[h],
-            avg_p95_duration_ms=sum(p95s[h]) / len(p95s[h]) if p95s[h] else 0.0,
+            avg_p95_duration_ms=sum(p95_by_hour[h]) / len(p95_by_hour[h]) if p95_by_hour[h] else 0.0,
             avg_queue_length=queue[h][0] / queue[h][1] if queue[h][1] else 0.0,
+            occurrences=occurrences[h],
         )
         for h in range(24)
     ]
@@ -225,8 +296,9 @@ async def peak_hours(conn: AsyncConnection[Any], window: Window) -> PeakHours:
             day_of_week=dow,
             hour_of_day=h,
             avg_requests=slot_requests[(dow, h)] / slot_occurrences[(dow, h)] if slot_occurrences[(dow, h)] else 0.0,
+            occurrences=slot_occurrences[(dow, h)],
         )
         for dow in range(7)
         for h in range(24)
     ]
-    return PeakHours(lookback_days=window.days, peak_hours=peaks, heatmap=heatmap)
+    return PeakHours(lookback_days=window.days, peak_hours=peaks, heatmap=heatmap, time_zone=window.zone.key)

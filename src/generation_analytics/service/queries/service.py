@@ -17,6 +17,7 @@ import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.questions import (
+    CheckpointsQuestion,
     EventsQuestion,
     FailuresQuestion,
     ModelsQuestion,
@@ -28,6 +29,7 @@ from generation_analytics.questions import (
     UserQuestion,
 )
 from generation_analytics.service.errors import InvalidArgument
+from generation_analytics.service.queries.compare import CheckpointComparison, checkpoint_name, compare_checkpoints
 from generation_analytics.service.queries.events import EventPage, PageTokens, list_events, shared_token_secret
 from generation_analytics.service.queries.failures import FailureAnalysis, failure_analysis
 from generation_analytics.service.queries.models import ModelPerformanceReport, model_performance
@@ -50,7 +52,7 @@ def list_limit(limit: int | None) -> int:
 
 
 def question_window(question: Question) -> Window:
-    return window(question.days, default=question.DEFAULT_DAYS)
+    return window(question.days, default=question.DEFAULT_DAYS, asked=question)
 
 
 class AnalyticsQueries:
@@ -137,6 +139,13 @@ class AnalyticsQueries:
         async with self._pool.connection() as conn:
             return await top_users(conn, w, limit=n)
 
+    async def compare_checkpoints(self, question: CheckpointsQuestion) -> CheckpointComparison:
+        a = checkpoint_name(question.model_checkpoint_a, "model_checkpoint_a")
+        b = checkpoint_name(question.model_checkpoint_b, "model_checkpoint_b")
+        w = question_window(question)
+        async with self._pool.connection() as conn:
+            return await compare_checkpoints(conn, w, a, b)
+
 
 Answer = Callable[[AnalyticsQueries, Any], Awaitable[Any]]
 # Each question: the method that answers it, and the type of its answer (a dataclass whose fields are
@@ -150,4 +159,5 @@ ANSWERS: dict[type[Question], tuple[Answer, type]] = {
     PeakHoursQuestion: (AnalyticsQueries.peak_hours, PeakHours),
     EventsQuestion: (AnalyticsQueries.events, EventPage),
     TopUsersQuestion: (AnalyticsQueries.top_users, TopUsers),
+    CheckpointsQuestion: (AnalyticsQueries.compare_checkpoints, CheckpointComparison),
 }

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from generation_analytics.service import sketches
 from generation_analytics.service.queries.window import rate
@@ -132,6 +135,51 @@ _ADD_FIELDS = frozenset(
     {"requests", "successes", "failures", "cancellations", "duration_count", "duration_sum", "images",
      "queue_count", "queue_sum", "max_queue"}
 )  # fmt: skip
+
+
+# Histograms as stored (sketches.py): big-endian (int2 bucket, int4 count) pairs.
+_PAIR = np.dtype([("bucket", ">i2"), ("count", ">i4")])
+_GROUPS_AT_ONCE = 512  # a dense (groups x buckets) block at a time: a few MB
+K = TypeVar("K", bound=Hashable)
+
+
+def _bucket_values(buckets: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """sketches.bucket_value of many buckets."""
+    return np.where(buckets > 0, 2 * sketches.GAMMA ** (buckets - 1.0) / (sketches.GAMMA + 1), 0.0)
+
+
+def group_quantiles(groups: dict[K, list[bytes]], q: float) -> dict[K, float]:
+    """The q-quantile of each group's merged histograms, as `sketches.quantiles` reads one (linear
+    between ranks, bucket values), for thousands of groups in a few vectorised passes (peak hours in a
+    zone whose hours are made of quarter hours). Groups without durations are left out."""
+    keys = [key for key, blobs in groups.items() if any(blobs)]
+    result: dict[K, float] = {}
+    for first in range(0, len(keys), _GROUPS_AT_ONCE):
+        chunk = keys[first : first + _GROUPS_AT_ONCE]
+        parts = [b"".join(blob for blob in groups[key] if blob) for key in chunk]
+        pairs = np.frombuffer(b"".join(parts), dtype=_PAIR)
+        owner = np.repeat(np.arange(len(chunk), dtype=np.int64), [len(part) // _PAIR.itemsize for part in parts])
+        buckets = pairs["bucket"].astype(np.int64)
+        lowest = int(buckets.min())
+        width = int(buckets.max()) - lowest + 1
+        dense = np.bincount(owner * width + buckets - lowest, weights=pairs["count"], minlength=len(chunk) * width)
+        cumulative = np.cumsum(dense.reshape(len(chunk), width), axis=1)
+        totals = cumulative[:, -1]
+        position = q * (totals - 1)
+        lower = np.floor(position)
+        fraction = position - lower
+        upper = np.minimum(lower + 1, totals - 1)
+        # The bucket of 0-based rank r is the first whose cumulative count reaches r + 1: one search over
+        # all rows at once, each row lifted above the one before it.
+        lift = (totals.max() + 1) * np.arange(len(chunk))
+        flat = (cumulative + lift[:, None]).ravel()
+        row_start = np.arange(len(chunk)) * width
+        low_bucket = np.searchsorted(flat, lower + 1 + lift) - row_start + lowest
+        high_bucket = np.searchsorted(flat, upper + 1 + lift) - row_start + lowest
+        low = _bucket_values(low_bucket)
+        high = np.where(fraction > 0, _bucket_values(high_bucket), low)
+        result.update(zip(chunk, (low + fraction * (high - low)).tolist(), strict=True))
+    return result
 
 
 LIST_LIMIT = 100  # default length of an answer's lists (docs/design.md §3)

@@ -1,17 +1,22 @@
 """Time windows and request checks shared by every query.
 
 A window of `days = N` covers the UTC hours from the start of the current hour minus N x 24 h up to the
-end of the current hour: 24 N + 1 hourly buckets, the last one still filling up.
+end of the current hour: 24 N + 1 hourly buckets, the last one still filling up. It also carries what
+the question asked about how to read it: the time zone its days and hours of day are cut in
+(`local_time.py`), and the previous equal window when the question compares with it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+from generation_analytics.questions import Question
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.hours import DAY, HOUR, day_start, hour_floor
 from generation_analytics.service.ingest.validation import canonical_uuid
+from generation_analytics.service.queries.local_time import UTC_ZONE, parse_zone
 
 MAX_DAYS = 365
 
@@ -21,6 +26,15 @@ class Window:
     days: int
     start: datetime
     end: datetime  # exclusive: the end of the current hour
+    asked_at: datetime | None = None  # when the question was asked (the current hour has run until then)
+    zone: ZoneInfo = UTC_ZONE  # the zone local days and hours of day are read in
+    previous: Window | None = None  # the equal window before this one, when the question compares
+
+    @property
+    def elapsed_hours(self) -> float:
+        """How long the window has run: up to when it was asked (its end, for a window in the past)."""
+        until = self.end if self.asked_at is None else min(max(self.asked_at, self.start), self.end)
+        return (until - self.start) / HOUR
 
     @property
     def hours(self) -> list[datetime]:
@@ -79,14 +93,31 @@ def daily_split(window: Window) -> DailySplit:
 SPLIT_HOURS = "(hour >= %(head_start)s AND hour < %(head_end)s) OR (hour >= %(tail_start)s AND hour < %(tail_end)s)"
 
 
-def window(days: int | None, *, default: int, now: datetime | None = None, field: str = "days") -> Window:
-    """The window for a request's `days` (None: the RPC's default), checked against 1..MAX_DAYS."""
+def window(
+    days: int | None,
+    *,
+    default: int,
+    now: datetime | None = None,
+    field: str = "days",
+    asked: Question | None = None,
+) -> Window:
+    """The window for a request's `days` (None: the RPC's default), checked against 1..MAX_DAYS.
+
+    With the question it is for (`asked`), also its `time_zone` (checked: INVALID_ARGUMENT naming it)
+    and, if it sets `compare_previous`, the previous equal window: as long, ending where this one starts.
+    """
     if days is None:
         days = default
     if not 1 <= days <= MAX_DAYS:
         raise InvalidArgument(field, f"must be between 1 and {MAX_DAYS} (got {days})")
-    current = hour_floor(now or datetime.now(UTC))
-    return Window(days=days, start=current - days * DAY, end=current + HOUR)
+    asked_at = now or datetime.now(UTC)
+    current = hour_floor(asked_at)
+    zone = parse_zone(getattr(asked, "time_zone", ""))
+    start, end = current - days * DAY, current + HOUR
+    previous = None
+    if getattr(asked, "compare_previous", False):
+        previous = Window(days=days, start=start - (end - start), end=start, zone=zone)
+    return Window(days=days, start=start, end=end, asked_at=asked_at, zone=zone, previous=previous)
 
 
 def user_uuid(value: str, field: str = "user_id") -> str:
