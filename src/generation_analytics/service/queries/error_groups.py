@@ -1,0 +1,178 @@
+"""Error groups: the window's failed completions by fingerprint (fingerprints.py), most failures first,
+read from generation_error_group_metrics_hourly; filtered by checkpoint and error type, paged by a signed
+keyset token (count, fingerprint)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from generation_analytics.questions import ErrorGroupsQuestion
+from generation_analytics.service import sketches
+from generation_analytics.service.fingerprints import RULES_VERSION
+from generation_analytics.service.queries.page_tokens import PageTokens, checked_int
+from generation_analytics.service.queries.window import Window
+
+CHECKPOINTS_PER_GROUP = 10
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+
+# Each filter of the question is a fixed clause with a bound parameter; only the set of clauses varies.
+_FILTER_CLAUSES = {
+    "model_checkpoint": sql.SQL("model_checkpoint = %(model_checkpoint)s"),
+    "error_type": sql.SQL("error_type = %(error_type)s"),
+}
+# The groups of the window, ranked; one page of them after the keyset position, and how many there are.
+RANKED_GROUPS = """
+WITH groups AS (
+    SELECT fingerprint, min(error_type) AS error_type, sum(failures)::bigint AS count,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM generation_error_group_metrics_hourly
+    WHERE {where}
+    GROUP BY fingerprint
+)
+SELECT t.total, g.* FROM (SELECT count(*) AS total FROM groups) AS t
+LEFT JOIN LATERAL (
+    SELECT * FROM groups WHERE {after} ORDER BY count DESC, fingerprint LIMIT %(limit)s
+) AS g ON true
+"""
+AFTER = "(count < %(count)s OR (count = %(count)s AND fingerprint > %(fingerprint)s))"
+# The rows of the page's groups: users, checkpoints, daily trend and the latest message.
+GROUP_DETAILS = """
+SELECT fingerprint, hour, model_checkpoint, failures, last_seen, sample_message, user_bitmap
+FROM generation_error_group_metrics_hourly
+WHERE fingerprint = ANY(%(keys)s) AND {where}
+"""
+
+
+@dataclass
+class ErrorGroupTrendPoint:
+    date: str
+    count: int
+
+
+@dataclass
+class ErrorGroup:
+    fingerprint: str
+    error_type: str
+    sample_message: str
+    count: int
+    affected_users: int
+    checkpoints: list[str]
+    total_checkpoints: int
+    first_seen: datetime
+    last_seen: datetime
+    daily_trend: list[ErrorGroupTrendPoint]
+
+
+@dataclass
+class ErrorGroupPage:
+    lookback_days: int
+    groups: list[ErrorGroup]
+    next_page_token: str
+    total_groups: int
+    rules_version: int
+    window_start: datetime
+    window_end: datetime
+
+
+@dataclass
+class _Details:
+    bitmaps: list[bytes] = field(default_factory=list)
+    checkpoints: Counter[str] = field(default_factory=Counter)
+    days: Counter[date] = field(default_factory=Counter)
+    latest: tuple[datetime, str] | None = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.bitmaps.append(row["user_bitmap"])
+        self.checkpoints[row["model_checkpoint"]] += row["failures"]
+        self.days[row["hour"].astimezone(UTC).date()] += row["failures"]
+        candidate = (row["last_seen"], row["sample_message"])
+        if self.latest is None or candidate > self.latest:
+            self.latest = candidate
+
+
+def _position(values: dict[str, Any], window: Window) -> tuple[int, str]:
+    """A token's keyset position: the last group's count (>= 1) and fingerprint (16 hex digits)."""
+    fingerprint = values["g"]
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError("position")
+    return checked_int(values["k"], 1), fingerprint
+
+
+def _where(window: Window, filters: ErrorGroupsQuestion) -> tuple[sql.Composable, dict[str, Any]]:
+    params: dict[str, Any] = {"start": window.start, "end": window.end}
+    clauses: list[sql.Composable] = [sql.SQL("hour >= %(start)s AND hour < %(end)s")]
+    for name, clause in _FILTER_CLAUSES.items():
+        value = getattr(filters, name)
+        if value:
+            params[name] = value
+            clauses.append(clause)
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def _group(row: dict[str, Any], details: _Details, dates: list[date]) -> ErrorGroup:
+    ranked = sorted(details.checkpoints.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ErrorGroup(
+        fingerprint=row["fingerprint"],
+        error_type=row["error_type"],
+        sample_message=details.latest[1] if details.latest else "",
+        count=row["count"],
+        affected_users=sketches.union_count(details.bitmaps),
+        checkpoints=[name for name, _ in ranked[:CHECKPOINTS_PER_GROUP]],
+        total_checkpoints=len(ranked),
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        daily_trend=[ErrorGroupTrendPoint(date=d.isoformat(), count=details.days.get(d, 0)) for d in dates],
+    )
+
+
+async def list_error_groups(
+    conn: AsyncConnection[Any],
+    window: Window,
+    filters: ErrorGroupsQuestion,
+    *,
+    page_size: int,
+    tokens: PageTokens,
+) -> ErrorGroupPage:
+    """A page of the window's error groups matching `filters` (checked already), after its page_token."""
+    after: tuple[int, str] | None = None
+    if filters.page_token:
+        window, after = tokens.read(filters.page_token, filters, window.days, _position)
+    where, params = _where(window, filters)
+    ranked = sql.SQL(RANKED_GROUPS).format(where=where, after=sql.SQL(AFTER if after else "TRUE"))
+    params |= {"limit": page_size + 1}
+    if after:
+        params |= {"count": after[0], "fingerprint": after[1]}
+    details: dict[str, _Details] = defaultdict(_Details)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(ranked, params)
+        rows = await cur.fetchall()
+        total = rows[0]["total"] if rows else 0
+        rows = [row for row in rows if row["fingerprint"] is not None]
+        page = rows[:page_size]
+        if page:
+            await cur.execute(
+                sql.SQL(GROUP_DETAILS).format(where=where), params | {"keys": [row["fingerprint"] for row in page]}
+            )
+            for row in await cur.fetchall():
+                details[row["fingerprint"]].add(row)
+    next_token = ""
+    if len(rows) > page_size:
+        last = page[-1]
+        next_token = tokens.issue(window, filters, {"k": last["count"], "g": last["fingerprint"]})
+    dates = window.dates
+    return ErrorGroupPage(
+        lookback_days=window.days,
+        groups=[_group(row, details[row["fingerprint"]], dates) for row in page],
+        next_page_token=next_token,
+        total_groups=total,
+        rules_version=RULES_VERSION,
+        window_start=window.start,
+        window_end=window.end,
+    )
