@@ -71,7 +71,9 @@ def test_only_failed_completions_get_an_error_group(
     push(stream_client, settings.redis.namespace, sent)
     pipeline.run_transfer()
     with psycopg.connect(settings.postgres.dsn) as conn:
-        stored = dict(conn.execute("SELECT event_id::text, error_fingerprint FROM generation_events").fetchall())
+        stored: dict[str, str | None] = dict(
+            conn.execute("SELECT event_id::text, error_fingerprint FROM generation_events").fetchall()
+        )
     assert [stored[e.event_id] for e in sent] == [
         fingerprint("Timeout", "after 99 s"),
         fingerprint("", ""),
