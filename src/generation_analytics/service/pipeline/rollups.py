@@ -1,6 +1,5 @@
 """The rollups of a set of hours that do not depend on users: one row per hour, per quarter hour, per
-checkpoint, per error type and per error group and checkpoint, and the daily rows per checkpoint and
-error type.
+checkpoint, per error type and per error group and checkpoint, and the daily rows of the last three.
 
 Every function here runs inside the aggregation transaction of `aggregate.py`, on the temp table
 `agg_events` (the hours' events, see `create_agg_events`). Hourly rows are replaced as a unit per hour
@@ -292,36 +291,52 @@ INSERT INTO touched_days SELECT DISTINCT 'error', {DAY_OF_HOUR}, error_type FROM
 # Error groups: failures per hour, fingerprint and checkpoint ('' for none). The sample is the message of
 # the latest failure ('' when it has none; at equal times the greatest text), so that a window's sample,
 # the sample of its latest row, is the message of the window's latest failure.
-DELETE_GROUP_ROWS = "DELETE FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])"
+# Their (day, key) pairs go to touched_days as kind 'group', key = fingerprint || model_checkpoint (a
+# fingerprint is always 16 characters: `fingerprints.fingerprint`), for the daily rows.
+GROUP_KEY = "fingerprint || model_checkpoint"
+DELETE_GROUP_ROWS = f"""
+WITH old AS (
+    DELETE FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
+    RETURNING hour, {GROUP_KEY} AS key
+)
+INSERT INTO touched_days SELECT DISTINCT 'group', {DAY_OF_HOUR}, key FROM old
+"""
 SELECT_GROUP_UIDS = """
 SELECT hour, error_fingerprint, coalesce(model_checkpoint, ''), array_agg(uid) FROM agg_events
 WHERE failed GROUP BY 1, 2, 3
 """
-INSERT_GROUP_ROWS = """
-INSERT INTO generation_error_group_metrics_hourly (
-    hour, fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
-SELECT s.hour, s.fingerprint, s.model_checkpoint, s.error_type, s.failures, s.first_seen, s.last_seen,
-       m.message, coalesce(u.bitmap, ''::bytea)
-FROM (
-    SELECT hour, error_fingerprint AS fingerprint, coalesce(model_checkpoint, '') AS model_checkpoint,
-           min(error_type) AS error_type, count(*) AS failures, min(timestamp) AS first_seen,
-           max(timestamp) AS last_seen
-    FROM agg_events WHERE failed GROUP BY 1, 2, 3
-) AS s
-JOIN (
-    SELECT DISTINCT ON (hour, error_fingerprint, coalesce(model_checkpoint, ''))
-           hour, error_fingerprint AS fingerprint, coalesce(model_checkpoint, '') AS model_checkpoint,
-           coalesce(error_message, '') AS message
-    FROM agg_events WHERE failed
-    ORDER BY hour, error_fingerprint, coalesce(model_checkpoint, ''), timestamp DESC, coalesce(error_message, '') DESC
-) AS m USING (hour, fingerprint, model_checkpoint)
-LEFT JOIN unnest(%(set_hours)s::timestamptz[], %(set_keys)s::text[], %(set_models)s::text[], %(sets)s::bytea[])
-    AS u(hour, fingerprint, model_checkpoint, bitmap) USING (hour, fingerprint, model_checkpoint)
+INSERT_GROUP_ROWS = f"""
+WITH new AS (
+    INSERT INTO generation_error_group_metrics_hourly (
+        hour, fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+    SELECT s.hour, s.fingerprint, s.model_checkpoint, s.error_type, s.failures, s.first_seen, s.last_seen,
+           m.message, coalesce(u.bitmap, ''::bytea)
+    FROM (
+        SELECT hour, error_fingerprint AS fingerprint, coalesce(model_checkpoint, '') AS model_checkpoint,
+               min(error_type) AS error_type, count(*) AS failures, min(timestamp) AS first_seen,
+               max(timestamp) AS last_seen
+        FROM agg_events WHERE failed GROUP BY 1, 2, 3
+    ) AS s
+    JOIN (
+        SELECT DISTINCT ON (hour, error_fingerprint, coalesce(model_checkpoint, ''))
+               hour, error_fingerprint AS fingerprint, coalesce(model_checkpoint, '') AS model_checkpoint,
+               coalesce(error_message, '') AS message
+        FROM agg_events WHERE failed
+        ORDER BY hour, error_fingerprint, coalesce(model_checkpoint, ''), timestamp DESC,
+                 coalesce(error_message, '') DESC
+    ) AS m USING (hour, fingerprint, model_checkpoint)
+    LEFT JOIN unnest(
+        %(set_hours)s::timestamptz[], %(set_keys)s::text[], %(set_models)s::text[], %(sets)s::bytea[]
+    ) AS u(hour, fingerprint, model_checkpoint, bitmap) USING (hour, fingerprint, model_checkpoint)
+    RETURNING hour, {GROUP_KEY} AS key
+)
+INSERT INTO touched_days SELECT DISTINCT 'group', {DAY_OF_HOUR}, key FROM new
 """
 
 
 def write_error_groups(cur: Cursor, params: dict[str, Any]) -> None:
-    """Hourly rows per error group and checkpoint, replaced with their hours (fill_fingerprints first)."""
+    """Hourly rows per error group and checkpoint, replaced with their hours (fill_fingerprints first);
+    records the (day, key) pairs they touched (after write_dimensions, which creates touched_days)."""
     cur.execute(SELECT_GROUP_UIDS)
     hours, keys, models, sets = [], [], [], []
     for hour, key, model, uids in cur.fetchall():
@@ -427,16 +442,53 @@ LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[
 """
 
 
+# Error groups: the key of touched_days is fingerprint || model_checkpoint (see GROUP_KEY).
+GROUP_MATCH = "{t}.fingerprint = left({k}.key, 16) AND {t}.model_checkpoint = substr({k}.key, 17)"
+SELECT_GROUP_DAY_SETS = f"""
+SELECT k.day, k.key, h.user_bitmap
+FROM ({TOUCHED_HOURS}) AS k
+JOIN generation_error_group_metrics_hourly AS h ON h.hour = k.hour AND {GROUP_MATCH.format(t="h", k="k")}
+"""
+DELETE_GROUP_DAYS = f"""
+DELETE FROM generation_error_group_metrics_daily AS d
+USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = %(kind)s) AS t
+WHERE d.day = t.day AND {GROUP_MATCH.format(t="d", k="t")}
+"""
+INSERT_GROUP_DAYS = f"""
+WITH hours AS (
+    SELECT k.day, k.key, g.* FROM ({TOUCHED_HOURS}) AS k
+    JOIN generation_error_group_metrics_hourly AS g ON g.hour = k.hour AND {GROUP_MATCH.format(t="g", k="k")}
+)
+INSERT INTO generation_error_group_metrics_daily (
+    day, fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+SELECT s.day, s.fingerprint, s.model_checkpoint, s.error_type, s.failures, s.first_seen, s.last_seen,
+       m.sample_message, coalesce(x.bitmap, ''::bytea)
+FROM (
+    SELECT day, key, fingerprint, model_checkpoint, min(error_type) AS error_type, sum(failures) AS failures,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM hours GROUP BY 1, 2, 3, 4
+) AS s
+JOIN (
+    SELECT DISTINCT ON (day, key) day, key, sample_message FROM hours
+    ORDER BY day, key, last_seen DESC, sample_message DESC
+) AS m USING (day, key)
+LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, key, bitmap)
+    USING (day, key)
+"""
+
+
 # Daily rows per kind: the hourly blobs to merge, how (histograms summed, user sets unioned), the rows
 # to replace, and the insert that sums the rest in SQL.
 DAILY = {
     "model": (SELECT_MODEL_DAY_HISTS, sketches.compact_groups, DELETE_MODEL_DAYS, INSERT_MODEL_DAYS),
     "error": (SELECT_ERROR_DAY_SETS, sketches.union_groups, DELETE_ERROR_DAYS, INSERT_ERROR_DAYS),
+    "group": (SELECT_GROUP_DAY_SETS, sketches.union_groups, DELETE_GROUP_DAYS, INSERT_GROUP_DAYS),
 }
 
 
 def write_days(cur: Cursor) -> None:
-    """Replace the daily rows of every touched (day, checkpoint) and (day, error type), from the hourly rows."""
+    """Replace the daily rows of every touched (day, checkpoint), (day, error type) and (day, error group and
+    checkpoint), from the hourly rows."""
     for kind, (select_blobs, merge, delete, insert) in DAILY.items():
         cur.execute(select_blobs, {"kind": kind})
         blobs = merge(((day, key), blob) for day, key, blob in cur.fetchall())

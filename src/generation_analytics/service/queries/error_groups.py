@@ -1,13 +1,13 @@
 """Error groups: the window's failed completions by fingerprint (fingerprints.py), most failures first,
-read from generation_error_group_metrics_hourly; filtered by checkpoint and error type, paged by a signed
-keyset token (count, fingerprint)."""
+read from generation_error_group_metrics_daily (whole UTC days) and _hourly (the partial first and last
+days); filtered by checkpoint and error type, paged by a signed keyset token (count, fingerprint)."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -17,7 +17,7 @@ from generation_analytics.questions import ErrorGroupsQuestion
 from generation_analytics.service import sketches
 from generation_analytics.service.fingerprints import RULES_VERSION
 from generation_analytics.service.queries.page_tokens import PageTokens, checked_int
-from generation_analytics.service.queries.window import Window
+from generation_analytics.service.queries.window import SPLIT_HOURS, Window, daily_split
 
 CHECKPOINTS_PER_GROUP = 10
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
@@ -27,13 +27,21 @@ _FILTER_CLAUSES = {
     "model_checkpoint": sql.SQL("model_checkpoint = %(model_checkpoint)s"),
     "error_type": sql.SQL("error_type = %(error_type)s"),
 }
+_COLUMNS = "fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
+# The window's rows: whole UTC days from the daily rollup, its partial first and last days from the hourly one.
+GROUP_ROWS = f"""
+SELECT day, {_COLUMNS} FROM generation_error_group_metrics_daily
+WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
+UNION ALL
+SELECT (hour AT TIME ZONE 'UTC')::date, {_COLUMNS} FROM generation_error_group_metrics_hourly
+WHERE ({SPLIT_HOURS}) AND {{filters}}
+"""
 # The groups of the window, ranked; one page of them after the keyset position, and how many there are.
 RANKED_GROUPS = """
 WITH groups AS (
     SELECT fingerprint, min(error_type) AS error_type, sum(failures)::bigint AS count,
            min(first_seen) AS first_seen, max(last_seen) AS last_seen
-    FROM generation_error_group_metrics_hourly
-    WHERE {where}
+    FROM ({rows}) AS r
     GROUP BY fingerprint
 )
 SELECT t.total, g.* FROM (SELECT count(*) AS total FROM groups) AS t
@@ -44,9 +52,8 @@ LEFT JOIN LATERAL (
 AFTER = "(count < %(count)s OR (count = %(count)s AND fingerprint > %(fingerprint)s))"
 # The rows of the page's groups: users, checkpoints, daily trend and the latest message.
 GROUP_DETAILS = """
-SELECT fingerprint, hour, model_checkpoint, failures, last_seen, sample_message, user_bitmap
-FROM generation_error_group_metrics_hourly
-WHERE fingerprint = ANY(%(keys)s) AND {where}
+SELECT fingerprint, day, model_checkpoint, failures, last_seen, sample_message, user_bitmap FROM ({rows}) AS r
+WHERE fingerprint = ANY(%(keys)s)
 """
 
 
@@ -88,13 +95,14 @@ class _Details:
     days: Counter[date] = field(default_factory=Counter)
     latest: tuple[datetime, str] | None = None
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.bitmaps.append(row["user_bitmap"])
-        self.checkpoints[row["model_checkpoint"]] += row["failures"]
-        self.days[row["hour"].astimezone(UTC).date()] += row["failures"]
-        candidate = (row["last_seen"], row["sample_message"])
-        if self.latest is None or candidate > self.latest:
-            self.latest = candidate
+    def add(self, row: tuple[Any, ...]) -> None:
+        """One row of GROUP_DETAILS (after its fingerprint)."""
+        day, model, failures, last_seen, message, users = row
+        self.bitmaps.append(users)
+        self.checkpoints[model] += failures
+        self.days[day] += failures
+        if self.latest is None or (last_seen, message) > self.latest:
+            self.latest = (last_seen, message)
 
 
 def _position(values: dict[str, Any], window: Window) -> tuple[int, str]:
@@ -105,15 +113,16 @@ def _position(values: dict[str, Any], window: Window) -> tuple[int, str]:
     return checked_int(values["k"], 1), fingerprint
 
 
-def _where(window: Window, filters: ErrorGroupsQuestion) -> tuple[sql.Composable, dict[str, Any]]:
-    params: dict[str, Any] = {"start": window.start, "end": window.end}
-    clauses: list[sql.Composable] = [sql.SQL("hour >= %(start)s AND hour < %(end)s")]
+def _rows(window: Window, filters: ErrorGroupsQuestion) -> tuple[sql.Composable, dict[str, Any]]:
+    """The window's rows (GROUP_ROWS) with the filters the question sets, and their parameters."""
+    params: dict[str, Any] = dict(daily_split(window).params)
+    clauses: list[sql.Composable] = [sql.SQL("TRUE")]
     for name, clause in _FILTER_CLAUSES.items():
         value = getattr(filters, name)
         if value:
             params[name] = value
             clauses.append(clause)
-    return sql.SQL(" AND ").join(clauses), params
+    return sql.SQL(GROUP_ROWS).format(filters=sql.SQL(" AND ").join(clauses)), params
 
 
 def _group(row: dict[str, Any], details: _Details, dates: list[date]) -> ErrorGroup:
@@ -144,8 +153,8 @@ async def list_error_groups(
     after: tuple[int, str] | None = None
     if filters.page_token:
         window, after = tokens.read(filters.page_token, filters, window.days, _position)
-    where, params = _where(window, filters)
-    ranked = sql.SQL(RANKED_GROUPS).format(where=where, after=sql.SQL(AFTER if after else "TRUE"))
+    rows_sql, params = _rows(window, filters)
+    ranked = sql.SQL(RANKED_GROUPS).format(rows=rows_sql, after=sql.SQL(AFTER if after else "TRUE"))
     params |= {"limit": page_size + 1}
     if after:
         params |= {"count": after[0], "fingerprint": after[1]}
@@ -156,12 +165,13 @@ async def list_error_groups(
         total = rows[0]["total"] if rows else 0
         rows = [row for row in rows if row["fingerprint"] is not None]
         page = rows[:page_size]
-        if page:
-            await cur.execute(
-                sql.SQL(GROUP_DETAILS).format(where=where), params | {"keys": [row["fingerprint"] for row in page]}
+    if page:
+        async with conn.cursor() as plain:  # tuples: a page's groups may have thousands of rows
+            await plain.execute(
+                sql.SQL(GROUP_DETAILS).format(rows=rows_sql), params | {"keys": [row["fingerprint"] for row in page]}
             )
-            for row in await cur.fetchall():
-                details[row["fingerprint"]].add(row)
+            for row in await plain.fetchall():
+                details[row[0]].add(row[1:])
     next_token = ""
     if len(rows) > page_size:
         last = page[-1]
