@@ -12,6 +12,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,13 +24,18 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from generation_analytics.questions import ErrorGroupsQuestion
+from generation_analytics.service.db import sync_pool
 from generation_analytics.service.fingerprints import RULES_VERSION, fingerprint
+from generation_analytics.service.migrate import load_migrations, migrate
+from generation_analytics.service.pipeline.aggregate import PARTS, Aggregator
 from generation_analytics.service.queries.page_tokens import PageTokens
 from generation_analytics.service.queries.window import window
+from generation_analytics.service.settings import AggregationSettings, PostgresSettings, RetentionSettings
 from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
 from tests import reference as ref
 from tests.factories import make_event
 from tests.fix_server import LiveServer
+from tests.rollup_check import assert_error_groups_match_raw
 from tests.test_fingerprints import TEMPLATES, _fill
 from tests.test_grpcurl import GRPCURL
 from tests.test_queries import load, reset, stable
@@ -436,3 +442,46 @@ def test_the_daily_trend_covers_every_day_of_the_window(grouped: LiveServer) -> 
     assert len(days) == len(set(days)) == ((end - HOUR).date() - start.date()).days + 1
     assert sum(p.count for p in reply.groups[0].daily_trend) == 5
     assert date.fromisoformat(days[1]) - date.fromisoformat(days[0]) == timedelta(days=1)
+
+
+def test_migration_0010_regroups_the_failures_already_stored(empty_db_dsn: str, tmp_path: Path) -> None:
+    """A database with failures from before error groups: 0010 marks their hours dirty, and the next
+    aggregation gives each its fingerprint (the same as transfer would) and fills both rollups."""
+    for migration in load_migrations():
+        if migration.version < 10:
+            (tmp_path / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
+    migrate(empty_db_dsn, folder=tmp_path)
+    when = now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=5) + timedelta(minutes=7)
+    rows = [("Timeout", f"Timeout after {i}s on worker {i}", USERS[i % 2]) for i in range(1, 4)]
+    rows.append(("Timeout", "something else entirely", USERS[2]))
+    with psycopg.connect(empty_db_dsn) as conn:
+        for error_type, message, user in rows:
+            conn.execute(
+                "INSERT INTO generation_events (event_id, event_type, generation_id, user_id, timestamp, duration_ms,"
+                " success, error_type, error_message) VALUES (gen_random_uuid(), 'completion', 'g', %s, %s, 10,"
+                " false, %s, %s)",
+                (user, when, error_type, message),
+            )
+        conn.execute(
+            "INSERT INTO generation_events (event_id, event_type, generation_id, user_id, timestamp, success)"
+            " VALUES (gen_random_uuid(), 'completion', 'g', %s, %s, true)",
+            (USERS[0], when),
+        )
+    assert migrate(empty_db_dsn) == [10]
+    with psycopg.connect(empty_db_dsn) as conn:
+        dirty = conn.execute("SELECT hour FROM generation_dirty_hours").fetchall()
+    assert dirty == [(when.replace(minute=0),)]
+    pool = sync_pool(PostgresSettings(dsn=empty_db_dsn), name="migration-test", max_size=len(PARTS) + 2)
+    try:
+        Aggregator(pool=pool, settings=AggregationSettings(), retention=RetentionSettings()).run()
+    finally:
+        pool.close()
+    raw = ref.load(empty_db_dsn)
+    with psycopg.connect(empty_db_dsn) as conn:
+        uids: dict[int, str] = dict(conn.execute("SELECT uid, user_id::text FROM generation_users").fetchall())
+        groups = conn.execute(
+            "SELECT fingerprint, sum(failures) FROM generation_error_group_metrics_daily GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+    assert_error_groups_match_raw(empty_db_dsn, raw, uids)
+    assert groups == [(fingerprint("Timeout", "Timeout after 1s on worker 1"), 3),
+                      (fingerprint("Timeout", "something else entirely"), 1)]  # fmt: skip
