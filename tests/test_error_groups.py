@@ -278,6 +278,7 @@ def test_failures_stored_without_a_fingerprint_get_one_from_aggregation(live_ser
         conn.execute("UPDATE generation_events SET error_fingerprint = NULL")
         conn.execute("DELETE FROM generation_error_group_metrics_hourly")
         conn.execute("DELETE FROM generation_error_group_metrics_daily")
+        conn.execute("DELETE FROM generation_error_group_totals_daily")
         conn.execute(
             "INSERT INTO generation_dirty_hours (hour, version) SELECT date_trunc('hour', %s::timestamptz), 0",
             (when,),

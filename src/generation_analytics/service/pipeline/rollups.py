@@ -476,6 +476,39 @@ LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[
     USING (day, key)
 """
 
+# Error groups over all their checkpoints, per day: for the fingerprints of the touched (day, key) pairs,
+# summed from the daily rows per checkpoint just replaced (kind 'group' comes first in DAILY).
+TOUCHED_GROUPS = "SELECT DISTINCT day, left(key, 16) AS fingerprint FROM touched_days WHERE kind = 'group'"
+SELECT_TOTAL_DAY_SETS = f"""
+SELECT d.day, d.fingerprint, d.user_bitmap FROM ({TOUCHED_GROUPS}) AS t
+JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint
+"""
+DELETE_TOTAL_DAYS = f"""
+DELETE FROM generation_error_group_totals_daily AS d USING ({TOUCHED_GROUPS}) AS t
+WHERE d.day = t.day AND d.fingerprint = t.fingerprint
+"""
+INSERT_TOTAL_DAYS = f"""
+WITH days AS (
+    SELECT d.* FROM ({TOUCHED_GROUPS}) AS t
+    JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint
+)
+INSERT INTO generation_error_group_totals_daily (
+    day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+SELECT s.day, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
+       coalesce(x.bitmap, ''::bytea)
+FROM (
+    SELECT day, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM days GROUP BY 1, 2
+) AS s
+JOIN (
+    SELECT DISTINCT ON (day, fingerprint) day, fingerprint, sample_message FROM days
+    ORDER BY day, fingerprint, last_seen DESC, sample_message DESC
+) AS m USING (day, fingerprint)
+LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, fingerprint, bitmap)
+    USING (day, fingerprint)
+"""
+
 
 # Daily rows per kind: the hourly blobs to merge, how (histograms summed, user sets unioned), the rows
 # to replace, and the insert that sums the rest in SQL.
@@ -483,12 +516,13 @@ DAILY = {
     "model": (SELECT_MODEL_DAY_HISTS, sketches.compact_groups, DELETE_MODEL_DAYS, INSERT_MODEL_DAYS),
     "error": (SELECT_ERROR_DAY_SETS, sketches.union_groups, DELETE_ERROR_DAYS, INSERT_ERROR_DAYS),
     "group": (SELECT_GROUP_DAY_SETS, sketches.union_groups, DELETE_GROUP_DAYS, INSERT_GROUP_DAYS),
+    "group totals": (SELECT_TOTAL_DAY_SETS, sketches.union_groups, DELETE_TOTAL_DAYS, INSERT_TOTAL_DAYS),
 }
 
 
 def write_days(cur: Cursor) -> None:
     """Replace the daily rows of every touched (day, checkpoint), (day, error type) and (day, error group and
-    checkpoint), from the hourly rows."""
+    checkpoint), from the hourly rows, and of every touched (day, error group), from the last."""
     for kind, (select_blobs, merge, delete, insert) in DAILY.items():
         cur.execute(select_blobs, {"kind": kind})
         blobs = merge(((day, key), blob) for day, key, blob in cur.fetchall())

@@ -27,13 +27,22 @@ _FILTER_CLAUSES = {
     "model_checkpoint": sql.SQL("model_checkpoint = %(model_checkpoint)s"),
     "error_type": sql.SQL("error_type = %(error_type)s"),
 }
-_COLUMNS = "fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
-# The window's rows: whole UTC days from the daily rollup, its partial first and last days from the hourly one.
-GROUP_ROWS = f"""
-SELECT day, {_COLUMNS} FROM generation_error_group_metrics_daily
+_COLUMNS = "fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
+# The window's rows per checkpoint: whole UTC days from the daily rollup, its partial first and last days
+# from the hourly one.
+PER_CHECKPOINT = f"""
+SELECT day, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_daily
 WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
 UNION ALL
-SELECT (hour AT TIME ZONE 'UTC')::date, {_COLUMNS} FROM generation_error_group_metrics_hourly
+SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
+WHERE ({SPLIT_HOURS}) AND {{filters}}
+"""
+# The same over all checkpoints (no checkpoint filter): whole days from the daily totals per group.
+ALL_CHECKPOINTS = f"""
+SELECT day, '' AS model_checkpoint, {_COLUMNS} FROM generation_error_group_totals_daily
+WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
+UNION ALL
+SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
 WHERE ({SPLIT_HOURS}) AND {{filters}}
 """
 # The groups of the window, ranked; one page of them after the keyset position, and how many there are.
@@ -50,10 +59,15 @@ LEFT JOIN LATERAL (
 ) AS g ON true
 """
 AFTER = "(count < %(count)s OR (count = %(count)s AND fingerprint > %(fingerprint)s))"
-# The rows of the page's groups: users, checkpoints, daily trend and the latest message.
+# The page's groups: their rows for users, the daily trend and the latest message ...
 GROUP_DETAILS = """
-SELECT fingerprint, day, model_checkpoint, failures, last_seen, sample_message, user_bitmap FROM ({rows}) AS r
+SELECT fingerprint, day, failures, last_seen, sample_message, user_bitmap FROM ({rows}) AS r
 WHERE fingerprint = ANY(%(keys)s)
+"""
+# ... and their failures per checkpoint.
+GROUP_CHECKPOINTS = """
+SELECT fingerprint, model_checkpoint, sum(failures)::bigint FROM ({rows}) AS r
+WHERE fingerprint = ANY(%(keys)s) GROUP BY 1, 2
 """
 
 
@@ -97,9 +111,8 @@ class _Details:
 
     def add(self, row: tuple[Any, ...]) -> None:
         """One row of GROUP_DETAILS (after its fingerprint)."""
-        day, model, failures, last_seen, message, users = row
+        day, failures, last_seen, message, users = row
         self.bitmaps.append(users)
-        self.checkpoints[model] += failures
         self.days[day] += failures
         if self.latest is None or (last_seen, message) > self.latest:
             self.latest = (last_seen, message)
@@ -113,8 +126,11 @@ def _position(values: dict[str, Any], window: Window) -> tuple[int, str]:
     return checked_int(values["k"], 1), fingerprint
 
 
-def _rows(window: Window, filters: ErrorGroupsQuestion) -> tuple[sql.Composable, dict[str, Any]]:
-    """The window's rows (GROUP_ROWS) with the filters the question sets, and their parameters."""
+def _rows(
+    window: Window, filters: ErrorGroupsQuestion, *, per_checkpoint: bool
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The window's rows (per checkpoint, or over all checkpoints when the question names none) with the
+    filters the question sets, and their parameters."""
     params: dict[str, Any] = dict(daily_split(window).params)
     clauses: list[sql.Composable] = [sql.SQL("TRUE")]
     for name, clause in _FILTER_CLAUSES.items():
@@ -122,7 +138,8 @@ def _rows(window: Window, filters: ErrorGroupsQuestion) -> tuple[sql.Composable,
         if value:
             params[name] = value
             clauses.append(clause)
-    return sql.SQL(GROUP_ROWS).format(filters=sql.SQL(" AND ").join(clauses)), params
+    rows = PER_CHECKPOINT if per_checkpoint or filters.model_checkpoint else ALL_CHECKPOINTS
+    return sql.SQL(rows).format(filters=sql.SQL(" AND ").join(clauses)), params
 
 
 def _group(row: dict[str, Any], details: _Details, dates: list[date]) -> ErrorGroup:
@@ -153,7 +170,8 @@ async def list_error_groups(
     after: tuple[int, str] | None = None
     if filters.page_token:
         window, after = tokens.read(filters.page_token, filters, window.days, _position)
-    rows_sql, params = _rows(window, filters)
+    rows_sql, params = _rows(window, filters, per_checkpoint=False)
+    checkpoint_rows, _ = _rows(window, filters, per_checkpoint=True)
     ranked = sql.SQL(RANKED_GROUPS).format(rows=rows_sql, after=sql.SQL(AFTER if after else "TRUE"))
     params |= {"limit": page_size + 1}
     if after:
@@ -172,6 +190,12 @@ async def list_error_groups(
             )
             for row in await plain.fetchall():
                 details[row[0]].add(row[1:])
+            await plain.execute(
+                sql.SQL(GROUP_CHECKPOINTS).format(rows=checkpoint_rows),
+                params | {"keys": [row["fingerprint"] for row in page]},
+            )
+            for key, model, failures in await plain.fetchall():
+                details[key].checkpoints[model] += failures
     next_token = ""
     if len(rows) > page_size:
         last = page[-1]
