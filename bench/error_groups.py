@@ -17,18 +17,33 @@ i.e. transfer as it was before error groups), alternating, so both see the same 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from bench.common import ADMIN_DSN, Figure, median, percentile, print_figures, scratch_namespace, start_service
+from bench.common import (
+    ADMIN_DSN,
+    Figure,
+    median,
+    now_hour,
+    percentile,
+    print_figures,
+    scratch_namespace,
+    start_service,
+    synthetic_event,
+)
 from bench.transfer_throughput import one_run
 from generation_analytics.service import fingerprints, stream
+from generation_analytics.service.pipeline.transfer import decode_entry
+from generation_analytics.service.stream import EVENT_FIELD
 from generation_analytics.v1 import analytics_pb2, analytics_pb2_grpc
 
 TARGET_P95_MS = 50.0
@@ -161,13 +176,37 @@ def measure_transfer(events: int, runs: int) -> list[Figure]:
     for _ in range(20_000):
         fingerprints.fingerprint("ModelLoadError", SAMPLE_MESSAGE)
     per_call_us = (time.perf_counter() - started) / 20_000 * 1e6
+    decode_on, decode_off = decode_cost(real)
     return [
         Figure(f"transfer with fingerprints ({events:,} backlog)", show(rates[True]), ">= 50,000 events/s",
                with_fp >= 50_000),
         Figure("transfer without (stub: NULL, as before)", show(rates[False])),
         Figure("ratio with / without (medians)", f"{with_fp / without:.3f}"),
         Figure("fingerprint() of a 120-character message", f"{per_call_us:.1f} µs per call"),
+        Figure("decoding a stream entry into a row (transfer's Python step), with / without",
+               f"{decode_on:.2f} / {decode_off:.2f} µs per event (median of 5 x 100,000)"),
     ]  # fmt: skip
+
+
+def decode_cost(real: Callable[[str, str], str], events: int = 100_000) -> tuple[float, float]:
+    """µs per event of `decode_entry` (protobuf -> checked row) with and without fingerprinting, CPU only:
+    the part of transfer fingerprinting adds to, free of Postgres and of the machine's other load on it."""
+    rng = random.Random(3)
+    users = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(1_000)]
+    when = now_hour() - timedelta(hours=1)
+    entries = [{EVENT_FIELD: synthetic_event(rng, when, users).SerializeToString()} for _ in range(events)]
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(5):
+            for on in (True, False):
+                setattr(stream, "fingerprint", real if on else (lambda error_type, message: None))  # noqa: B010
+                started = time.perf_counter()
+                for fields in entries:
+                    decode_entry(fields)
+                timings[on].append((time.perf_counter() - started) / events * 1e6)
+    finally:
+        setattr(stream, "fingerprint", real)  # noqa: B010
+    return median(timings[True]), median(timings[False])
 
 
 def main() -> None:
@@ -178,8 +217,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="transfer runs with and as many without")
     parser.add_argument("--queries-only", action="store_true")
     parser.add_argument("--transfer-only", action="store_true")
+    parser.add_argument("--decode-only", action="store_true", help="only the CPU cost of decoding, with and without")
     args = parser.parse_args()
     figures: list[Figure] = []
+    if args.decode_only:
+        on, off = decode_cost(fingerprints.fingerprint)
+        print_figures("Decoding stream entries", [Figure("with / without fingerprints", f"{on:.2f} / {off:.2f} µs")])
+        return
     if not args.transfer_only:
         figures += measure_queries(args.dbname, args.calls)
     if not args.queries_only:
