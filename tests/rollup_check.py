@@ -15,6 +15,7 @@ from generation_analytics.jsonify import to_jsonable
 from generation_analytics.questions import FailuresQuestion, PeakHoursQuestion, TrendsQuestion
 from generation_analytics.service import sketches
 from generation_analytics.service.api.convert import to_message
+from generation_analytics.service.fingerprints import fingerprint
 from generation_analytics.service.hours import hour_floor
 from generation_analytics.service.queries.failures import failure_analysis
 from generation_analytics.service.queries.models import model_performance
@@ -216,6 +217,59 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert set(row[7]) <= messages and len(row[7]) == min(5, len(messages))
         assert row[8] == dict(ref.model_counts(group))
         assert {uids[uid] for uid in sketches.user_set([row[9]])} == {e.user_id for e in group}
+
+    assert_error_groups_match_raw(dsn, raw, uids)
+
+
+def assert_error_groups_match_raw(dsn: str, raw: list[ref.Raw], uids: dict[int, str]) -> None:
+    """Every failed completion stored with its fingerprint (no other event with one), and the error-group
+    rollups equal to the failures grouped by hour (and by UTC day), fingerprint and checkpoint."""
+    stored = fetch(
+        dsn, "SELECT event_type, success, error_type, error_message, error_fingerprint FROM generation_events"
+    )
+    for event_type, success, error_type, message, stored_fingerprint in stored:
+        failed = event_type == "completion" and success is False
+        want = fingerprint(error_type or "", message or "") if failed else None
+        assert stored_fingerprint == want, (event_type, success, error_type, message, stored_fingerprint)
+    for table, period in (("hourly", lambda e: e.hour), ("daily", lambda e: ref.day_of(e.timestamp))):
+        rows = fetch(
+            dsn,
+            f"SELECT {'hour' if table == 'hourly' else 'day'}, fingerprint, model_checkpoint, error_type, failures,"
+            f" first_seen, last_seen, sample_message, user_bitmap FROM generation_error_group_metrics_{table}",
+        )
+        by_group = ref.group(
+            raw,
+            lambda e, period=period: (  # type: ignore[misc]
+                (period(e), fingerprint(e.error_type or "", e.error_message or ""), e.model_checkpoint or "")
+                if e.failed
+                else None
+            ),
+        )
+        assert {r[:3] for r in rows} == set(by_group), table
+        for row in rows:
+            group = by_group[row[:3]]
+            latest = max((e.timestamp, e.error_message or "") for e in group)
+            assert row[3:8] == (group[0].error_type or "", len(group), min(e.timestamp for e in group),
+                                max(e.timestamp for e in group), latest[1]), table  # fmt: skip
+            assert {uids[uid] for uid in sketches.user_set([row[8]])} == {e.user_id for e in group}
+    totals = fetch(
+        dsn,
+        "SELECT day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
+        " FROM generation_error_group_totals_daily",
+    )
+    by_day = ref.group(
+        raw,
+        lambda e: (
+            (ref.day_of(e.timestamp), fingerprint(e.error_type or "", e.error_message or "")) if e.failed else None
+        ),
+    )
+    assert {r[:2] for r in totals} == set(by_day)
+    for row in totals:
+        group = by_day[row[:2]]
+        latest = max((e.timestamp, e.error_message or "") for e in group)
+        assert row[2:7] == (group[0].error_type or "", len(group), min(e.timestamp for e in group),
+                            max(e.timestamp for e in group), latest[1])  # fmt: skip
+        assert {uids[uid] for uid in sketches.user_set([row[7]])} == {e.user_id for e in group}
 
 
 TOP_USERS = 1_000  # the most ListTopUsers answers

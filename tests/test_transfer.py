@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import redis
 
+from generation_analytics.service.fingerprints import fingerprint
 from generation_analytics.service.pipeline.transfer import Transfer
 from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import PostgresSettings, Settings
@@ -45,13 +46,41 @@ def test_every_field_reaches_postgres(pipeline: Pipeline, stream_client: redis.R
     assert (report.read_entries, report.inserted, report.duplicates, report.remaining) == (1, 1, 0, 0)
     columns = "event_id::text, event_type, generation_id, user_id::text, timestamp, duration_ms, success, error_type,"
     columns += " error_message, model_checkpoint, generation_type, queue_length, queue_wait_time_ms,"
-    columns += " generation_time_ms, batch_size, image_width, image_height, prompt_tokens, attributes"
+    columns += " generation_time_ms, batch_size, image_width, image_height, prompt_tokens, attributes,"
+    columns += " error_fingerprint"
     with psycopg.connect(settings.postgres.dsn) as conn:
         row = conn.execute(f"SELECT {columns} FROM generation_events").fetchone()
     assert row is not None
     expected = list(event_to_row(event))
-    expected[-1] = dict(event.attributes)
+    expected[-2] = dict(event.attributes)
     assert list(row) == expected
+    # A failed completion is stored with its error group, computed here, once.
+    assert row[-1] == fingerprint("OutOfMemory", "CUDA out of memory — tried to allocate <n> GiB")
+
+
+def test_only_failed_completions_get_an_error_group(
+    pipeline: Pipeline, stream_client: redis.Redis, settings: Settings
+) -> None:
+    sent = [
+        make_event("completion", timestamp=NOW, success=False, error_type="Timeout", error_message="after 30s"),
+        make_event("completion", timestamp=NOW, success=False),  # no type, no message: a group too
+        make_event("completion", timestamp=NOW, success=True, error_type="Timeout", error_message="after 30s"),
+        make_event("request", timestamp=NOW),
+        make_event("cancellation", timestamp=NOW, error_type="Timeout", error_message="after 30s"),
+    ]
+    push(stream_client, settings.redis.namespace, sent)
+    pipeline.run_transfer()
+    with psycopg.connect(settings.postgres.dsn) as conn:
+        stored: dict[str, str | None] = dict(
+            conn.execute("SELECT event_id::text, error_fingerprint FROM generation_events").fetchall()
+        )
+    assert [stored[e.event_id] for e in sent] == [
+        fingerprint("Timeout", "after 99 s"),
+        fingerprint("", ""),
+        None,
+        None,
+        None,
+    ]
 
 
 def test_backlog_is_drained_in_one_run_and_trimmed(

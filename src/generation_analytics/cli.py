@@ -276,6 +276,19 @@ COMMANDS: dict[str, Command] = {
         ),
         QUESTIONS["GetFailureAnalysis"],
     ),
+    "error-groups": Command(
+        "failures grouped by fingerprint (error type + normalised message), most failures first",
+        lambda d: (
+            f"{d['total_groups']:,} groups (rules version {d['rules_version']})\n"
+            + table(
+                [{**g, "checkpoints": ",".join(c or "(none)" for c in g["checkpoints"])} for g in d["groups"]],
+                ["fingerprint", "error_type", "count", "affected_users", "checkpoints", "last_seen",
+                 "sample_message"],
+            )
+            + (f"\nnext page: --page-token {d['next_page_token']}" if d["next_page_token"] else "")
+        ),
+        QUESTIONS["ListErrorGroups"],
+    ),
     "peak-hours": Command(
         "load per hour of day (UTC, or --time-zone)",
         _columns("peak_hours", "hour_of_day", "avg_requests", "total_requests", "avg_p95_duration_ms",

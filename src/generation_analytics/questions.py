@@ -122,6 +122,19 @@ class CheckpointsQuestion(Question):
     model_checkpoint_b: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ErrorGroupsQuestion(Question):
+    """ListErrorGroups: failed completions by error group, most failures first, filtered and paged."""
+
+    RPC = "ListErrorGroups"
+    DEFAULT_DAYS = 7
+
+    model_checkpoint: str = ""
+    error_type: str = ""
+    page_size: int | None = None
+    page_token: str = ""
+
+
 QUESTIONS: dict[str, type[Question]] = {
     cls.RPC: cls
     for cls in (
@@ -134,6 +147,7 @@ QUESTIONS: dict[str, type[Question]] = {
         EventsQuestion,
         TopUsersQuestion,
         CheckpointsQuestion,
+        ErrorGroupsQuestion,
     )
 }
 _SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
@@ -224,6 +238,7 @@ def parse_bool(text: str, *, field: str) -> bool:
 __all__ = [
     "QUESTIONS",
     "CheckpointsQuestion",
+    "ErrorGroupsQuestion",
     "EventsQuestion",
     "FailuresQuestion",
     "ModelsQuestion",

@@ -42,6 +42,7 @@ RPC_METHODS = {
     "ListEvents": "events",
     "ListTopUsers": "top_users",
     "CompareCheckpoints": "compare_checkpoints",
+    "ListErrorGroups": "error_groups",
     "GetPipelineStatus": "pipeline_status",
     "RunTransfer": "run_transfer",
     "RunAggregation": "run_aggregation",
@@ -256,6 +257,23 @@ class AnalyticsClient:
         while True:
             page = self.events(**filters, page_token=token)
             yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def error_groups(self, **filters: Any) -> analytics_pb2.ListErrorGroupsResponse:
+        """One page of error groups, most failures first; pass `next_page_token` back for the next.
+
+        Filters are ErrorGroupsQuestion's fields: days, model_checkpoint, error_type, page_size, page_token.
+        """
+        return self._ask("ListErrorGroups", **filters)  # type: ignore[no-any-return]
+
+    def iter_error_groups(self, **filters: Any) -> Iterator[analytics_pb2.ErrorGroup]:
+        """Every error group matching `filters` (the arguments of `error_groups`), page after page."""
+        token = ""
+        while True:
+            page = self.error_groups(**filters, page_token=token)
+            yield from page.groups
             token = page.next_page_token
             if not token:
                 return

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from generation_analytics.service.fingerprints import fingerprint
 from generation_analytics.v1 import events_pb2
 from generation_analytics.vocabulary import EventType
 
@@ -102,7 +103,7 @@ ROW_COLUMNS = (
     "event_id", "event_type", "generation_id", "user_id", "timestamp", "duration_ms", "success",
     "error_type", "error_message", "model_checkpoint", "generation_type", "queue_length",
     "queue_wait_time_ms", "generation_time_ms", "batch_size", "image_width", "image_height",
-    "prompt_tokens", "attributes",
+    "prompt_tokens", "attributes", "error_fingerprint",
 )  # fmt: skip
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,9 +116,13 @@ def _optional(event: events_pb2.GenerationEvent, name: Any) -> Any:
 
 
 def event_to_row(event: events_pb2.GenerationEvent) -> Row:
-    """A generation_events row (ROW_COLUMNS order) for a validated event; "" strings become NULL."""
+    """A generation_events row (ROW_COLUMNS order) for a validated event; "" strings become NULL.
+
+    A failed completion gets its error group here, once, on its way into Postgres (fingerprints.py).
+    """
     ts = event.timestamp
     dims = event.image_dimensions if event.HasField("image_dimensions") else None
+    failed = event.event_type == events_pb2.EVENT_TYPE_COMPLETION and event.HasField("success") and not event.success
     return (
         event.event_id,
         EventType.from_proto(event.event_type).value,
@@ -138,4 +143,5 @@ def event_to_row(event: events_pb2.GenerationEvent) -> Row:
         dims.height if dims else None,
         _optional(event, "prompt_tokens"),
         json.dumps(dict(event.attributes), ensure_ascii=False) if event.attributes else "{}",
+        fingerprint(event.error_type, event.error_message) if failed else None,
     )

@@ -1323,3 +1323,185 @@ class CompareCheckpointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompareCheckpointsResponse: _TypeAlias = CompareCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class ListErrorGroupsRequest(_message.Message):
+    """Error groups. A failed completion (event_type completion, success false) belongs to the group of its
+    fingerprint: 16 hex digits of SHA-256 over the rules' version, its error_type and its error_message
+    normalised by these rules, applied in this order (each placeholder is never rewritten by a later rule):
+    URLs -> <url>, quoted values ('...', "...", `...`) -> <quoted>, UUIDs -> <uuid>, hex ids (0x..., or 8+
+    hex digits with a letter and a digit) -> <hex>, paths (two or more /- or \\-separated parts) -> <path>,
+    durations (a number with ns, us, ms, s, min, h, ...) -> <duration>, numbers -> <n>; then runs of white
+    space become one space. Only the first 1,024 characters of a message are normalised. The fingerprint is
+    computed once, when the event is stored, so a query never re-derives it; new rules get a new
+    `rules_version`, and stored failures keep the group they were given (groups never silently regroup).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    MODEL_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    model_checkpoint: _builtins.str
+    """Only failures of this checkpoint (empty: any; at most 1,024 characters)."""
+    error_type: _builtins.str
+    """Only failures of this error type (empty: any; at most 1,024 characters)."""
+    page_size: _builtins.int
+    """1..1000, default 50."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; the other fields must be unchanged."""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int | None = ...,
+        model_checkpoint: _builtins.str = ...,
+        error_type: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "days", b"days", "error_type", b"error_type", "model_checkpoint", b"model_checkpoint", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
+    _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
+
+Global___ListErrorGroupsRequest: _TypeAlias = ListErrorGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ErrorGroupTrendPoint(_message.Message):
+    """ErrorGroupTrendPoint is one UTC day of a group's failures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """"YYYY-MM-DD" (the window's first and last days are partial: only the window's hours)."""
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "date", b"date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorGroupTrendPoint: _TypeAlias = ErrorGroupTrendPoint  # noqa: Y015
+
+@_typing.final
+class ErrorGroup(_message.Message):
+    """ErrorGroup is the failures of one fingerprint over the window (and the request's filters)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    SAMPLE_MESSAGE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    AFFECTED_USERS_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    TOTAL_CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    DAILY_TREND_FIELD_NUMBER: _builtins.int
+    fingerprint: _builtins.str
+    error_type: _builtins.str
+    """The error_type every failure of the group has ("" when they name none)."""
+    sample_message: _builtins.str
+    """The message of the group's latest failure ("" when it has none; at equal times the greatest text)."""
+    count: _builtins.int
+    affected_users: _builtins.int
+    """Distinct users with a failure of the group (exact)."""
+    total_checkpoints: _builtins.int
+    """Distinct checkpoints of its failures ("" counted as one)."""
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Checkpoints of its failures, most failures first (then by name), at most 10; "" stands for failures
+        that named none.
+        """
+
+    @_builtins.property
+    def first_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def daily_trend(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorGroupTrendPoint]:
+        """Failures per UTC day of the window, every day of it (zero-filled), oldest first."""
+
+    def __init__(
+        self,
+        *,
+        fingerprint: _builtins.str = ...,
+        error_type: _builtins.str = ...,
+        sample_message: _builtins.str = ...,
+        count: _builtins.int = ...,
+        affected_users: _builtins.int = ...,
+        checkpoints: _abc.Iterable[_builtins.str] | None = ...,
+        total_checkpoints: _builtins.int = ...,
+        first_seen: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+        daily_trend: _abc.Iterable[Global___ErrorGroupTrendPoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_users", b"affected_users", "checkpoints", b"checkpoints", "count", b"count", "daily_trend", b"daily_trend", "error_type", b"error_type", "fingerprint", b"fingerprint", "first_seen", b"first_seen", "last_seen", b"last_seen", "sample_message", b"sample_message", "total_checkpoints", b"total_checkpoints"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorGroup: _TypeAlias = ErrorGroup  # noqa: Y015
+
+@_typing.final
+class ListErrorGroupsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOKBACK_DAYS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_GROUPS_FIELD_NUMBER: _builtins.int
+    RULES_VERSION_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    lookback_days: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page. Bound to the request's filters and days (and the window of the first page):
+    changed, forged or altered tokens are INVALID_ARGUMENT naming page_token.
+    """
+    total_groups: _builtins.int
+    """Distinct groups in the window (with the filters), over every page."""
+    rules_version: _builtins.int
+    """The version of the normalisation rules new failures are grouped by."""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorGroup]:
+        """Ordered by count, descending (then by fingerprint); at most page_size."""
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lookback_days: _builtins.int = ...,
+        groups: _abc.Iterable[Global___ErrorGroup] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_groups: _builtins.int = ...,
+        rules_version: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "lookback_days", b"lookback_days", "next_page_token", b"next_page_token", "rules_version", b"rules_version", "total_groups", b"total_groups", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListErrorGroupsResponse: _TypeAlias = ListErrorGroupsResponse  # noqa: Y015

@@ -103,6 +103,11 @@ class AnalyticsServiceStub:
                 request_serializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsRequest.SerializeToString,
                 response_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.ListErrorGroups = channel.unary_unary(
+                '/generation_analytics.v1.AnalyticsService/ListErrorGroups',
+                request_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsRequest.SerializeToString,
+                response_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -200,6 +205,14 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListErrorGroups(self, request, context):
+        """ListErrorGroups pages through the error groups of the window's failed completions, most failures
+        first (days 1..365, default 7; page_size 1..1000, default 50).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +260,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.CompareCheckpoints,
                     request_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsRequest.FromString,
                     response_serializer=generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsResponse.SerializeToString,
+            ),
+            'ListErrorGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListErrorGroups,
+                    request_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsRequest.FromString,
+                    response_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +534,33 @@ class AnalyticsService:
             '/generation_analytics.v1.AnalyticsService/CompareCheckpoints',
             generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsRequest.SerializeToString,
             generation__analytics_dot_v1_dot_analytics__pb2.CompareCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListErrorGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/generation_analytics.v1.AnalyticsService/ListErrorGroups',
+            generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsRequest.SerializeToString,
+            generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,6 +85,10 @@ class AnalyticsServiceStub:
     """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
     "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
     """
+    ListErrorGroups: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListErrorGroupsRequest, _analytics_pb2.ListErrorGroupsResponse]
+    """ListErrorGroups pages through the error groups of the window's failed completions, most failures
+    first (days 1..365, default 7; page_size 1..1000, default 50).
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -142,6 +146,10 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]  # type: ignore[assignment]
     """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
     "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+    """
+    ListErrorGroups: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListErrorGroupsRequest, _analytics_pb2.ListErrorGroupsResponse]  # type: ignore[assignment]
+    """ListErrorGroups pages through the error groups of the window's failed completions, most failures
+    first (days 1..365, default 7; page_size 1..1000, default 50).
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -251,6 +259,16 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.CompareCheckpointsResponse, _abc.Awaitable[_analytics_pb2.CompareCheckpointsResponse]]:
         """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
         "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+        """
+
+    @_abc_1.abstractmethod
+    def ListErrorGroups(
+        self,
+        request: _analytics_pb2.ListErrorGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_pb2.ListErrorGroupsResponse, _abc.Awaitable[_analytics_pb2.ListErrorGroupsResponse]]:
+        """ListErrorGroups pages through the error groups of the window's failed completions, most failures
+        first (days 1..365, default 7; page_size 1..1000, default 50).
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

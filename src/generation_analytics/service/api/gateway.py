@@ -224,6 +224,7 @@ ROUTES: dict[str, str] = {
     "/peak-hours": "GetPeakHours",
     "/events": "ListEvents",
     "/models/compare": "CompareCheckpoints",
+    "/errors/groups": "ListErrorGroups",
 }
 _ANALYTICS = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
 

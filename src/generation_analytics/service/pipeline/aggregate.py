@@ -6,8 +6,9 @@ them. Any number of aggregators (scheduler, `worker`s, RunAggregation with or wi
 at once. Locks, always taken in this order, so that no two aggregators can deadlock:
 
 1. per-hour advisory *try*-locks (`HOUR_LOCK_CLASS`): never waited for; an hour another aggregator holds
-   is skipped and stays dirty. The hour's own rows (one per hour, checkpoint and error type) are
-   written under it.
+   is skipped and stays dirty. The hour's own rows (one per hour, checkpoint, error type and error group)
+   are written under it, and so are the error groups of its failures stored without one (computed in
+   Python, `rollups.fill_fingerprints`).
 2. the rollup lock (`ROLLUP_LOCK`, blocking): everything that spans hours — daily rows, per-user rows
    and their running and monthly totals — is written under it, after every hour's own rows, so each of
    those statements sees what other aggregators committed.
@@ -261,9 +262,11 @@ class Aggregator:
                 return set()
             params = _bounds(locked)
             if part == "hours":
+                rollups.fill_fingerprints(cur, params)
                 rollups.create_agg_events(cur, params)
                 rollups.write_hourly(cur, params)
                 rollups.write_dimensions(cur, params)
+                rollups.write_error_groups(cur, params)
                 cur.execute(LOCK_SPANNING, {"lock": SPANNING_LOCKS[part]})
                 rollups.write_days(cur)
             else:

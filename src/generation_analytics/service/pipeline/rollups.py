@@ -1,5 +1,5 @@
 """The rollups of a set of hours that do not depend on users: one row per hour, per quarter hour, per
-checkpoint and per error type, and the daily rows per checkpoint and error type.
+checkpoint, per error type and per error group and checkpoint, and the daily rows of the last three.
 
 Every function here runs inside the aggregation transaction of `aggregate.py`, on the temp table
 `agg_events` (the hours' events, see `create_agg_events`). Hourly rows are replaced as a unit per hour
@@ -15,6 +15,7 @@ import psycopg
 from pyroaring import BitMap
 
 from generation_analytics.service import sketches
+from generation_analytics.service.fingerprints import fingerprint
 from generation_analytics.service.sketches import LOG_GAMMA
 
 Cursor = psycopg.Cursor[Any]
@@ -28,7 +29,8 @@ SELECT date_trunc('hour', e.timestamp) AS hour,
        e.event_type, e.user_id,
        coalesce(e.uid, (SELECT u.uid FROM generation_users AS u WHERE u.user_id = e.user_id)) AS uid,
        e.timestamp, e.duration_ms, e.success, e.event_type = 'completion' AND e.success = false AS failed,
-       coalesce(e.error_type, '') AS error_type, e.error_message, e.model_checkpoint, e.queue_length,
+       coalesce(e.error_type, '') AS error_type, e.error_message, e.error_fingerprint, e.model_checkpoint,
+       e.queue_length,
        CASE WHEN e.event_type = 'completion' AND e.success THEN coalesce(e.batch_size, 1) ELSE 0 END AS images,
        CASE WHEN e.event_type = 'completion' AND e.duration_ms IS NOT NULL THEN
            CASE WHEN e.duration_ms <= 0 THEN 0
@@ -55,6 +57,34 @@ WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND date_trunc('hour', e.ti
 ORDER BY 1
 ON CONFLICT (user_id) DO NOTHING
 """
+
+
+# Failed completions of the hours stored without an error group (before migration 0010, or inserted
+# another way): transfer computes every other one. Found through the partial index of failures (0008).
+SELECT_MISSING_FINGERPRINTS = """
+SELECT e.id, coalesce(e.error_type, ''), coalesce(e.error_message, '') FROM generation_events AS e
+WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND date_trunc('hour', e.timestamp) = ANY(%(hours)s)
+  AND e.success = false AND e.event_type = 'completion' AND e.error_fingerprint IS NULL
+"""
+SET_FINGERPRINTS = """
+UPDATE generation_events AS e SET error_fingerprint = f.fingerprint
+FROM unnest(%(ids)s::bigint[], %(fingerprints)s::text[]) AS f(id, fingerprint)
+WHERE e.id = f.id AND e.error_fingerprint IS NULL
+"""
+
+
+def fill_fingerprints(cur: Cursor, params: dict[str, Any]) -> int:
+    """Give the hours' failures without an error group theirs, in Python with the rules transfer uses (never
+    a second implementation of them in SQL); stored, so each is computed once. Runs under the hours' locks
+    of the "hours" part, so no other aggregator updates the same rows meanwhile. Returns how many."""
+    cur.execute(SELECT_MISSING_FINGERPRINTS, params)
+    rows = cur.fetchall()
+    if rows:
+        cur.execute(
+            SET_FINGERPRINTS,
+            {"ids": [row[0] for row in rows], "fingerprints": [fingerprint(row[1], row[2]) for row in rows]},
+        )
+    return len(rows)
 
 
 def ensure_users(conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
@@ -258,6 +288,66 @@ INSERT INTO touched_days SELECT DISTINCT 'error', {DAY_OF_HOUR}, error_type FROM
 """
 
 
+# Error groups: failures per hour, fingerprint and checkpoint ('' for none). The sample is the message of
+# the latest failure ('' when it has none; at equal times the greatest text), so that a window's sample,
+# the sample of its latest row, is the message of the window's latest failure.
+# Their (day, key) pairs go to touched_days as kind 'group', key = fingerprint || model_checkpoint (a
+# fingerprint is always 16 characters: `fingerprints.fingerprint`), for the daily rows.
+GROUP_KEY = "fingerprint || model_checkpoint"
+DELETE_GROUP_ROWS = f"""
+WITH old AS (
+    DELETE FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
+    RETURNING hour, {GROUP_KEY} AS key
+)
+INSERT INTO touched_days SELECT DISTINCT 'group', {DAY_OF_HOUR}, key FROM old
+"""
+SELECT_GROUP_UIDS = """
+SELECT hour, error_fingerprint, coalesce(model_checkpoint, ''), array_agg(uid) FROM agg_events
+WHERE failed GROUP BY 1, 2, 3
+"""
+INSERT_GROUP_ROWS = f"""
+WITH new AS (
+    INSERT INTO generation_error_group_metrics_hourly (
+        hour, fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+    SELECT s.hour, s.fingerprint, s.model_checkpoint, s.error_type, s.failures, s.first_seen, s.last_seen,
+           m.message, coalesce(u.bitmap, ''::bytea)
+    FROM (
+        SELECT hour, error_fingerprint AS fingerprint, coalesce(model_checkpoint, '') AS model_checkpoint,
+               min(error_type) AS error_type, count(*) AS failures, min(timestamp) AS first_seen,
+               max(timestamp) AS last_seen
+        FROM agg_events WHERE failed GROUP BY 1, 2, 3
+    ) AS s
+    JOIN (
+        SELECT DISTINCT ON (hour, error_fingerprint, coalesce(model_checkpoint, ''))
+               hour, error_fingerprint AS fingerprint, coalesce(model_checkpoint, '') AS model_checkpoint,
+               coalesce(error_message, '') AS message
+        FROM agg_events WHERE failed
+        ORDER BY hour, error_fingerprint, coalesce(model_checkpoint, ''), timestamp DESC,
+                 coalesce(error_message, '') DESC
+    ) AS m USING (hour, fingerprint, model_checkpoint)
+    LEFT JOIN unnest(
+        %(set_hours)s::timestamptz[], %(set_keys)s::text[], %(set_models)s::text[], %(sets)s::bytea[]
+    ) AS u(hour, fingerprint, model_checkpoint, bitmap) USING (hour, fingerprint, model_checkpoint)
+    RETURNING hour, {GROUP_KEY} AS key
+)
+INSERT INTO touched_days SELECT DISTINCT 'group', {DAY_OF_HOUR}, key FROM new
+"""
+
+
+def write_error_groups(cur: Cursor, params: dict[str, Any]) -> None:
+    """Hourly rows per error group and checkpoint, replaced with their hours (fill_fingerprints first);
+    records the (day, key) pairs they touched (after write_dimensions, which creates touched_days)."""
+    cur.execute(SELECT_GROUP_UIDS)
+    hours, keys, models, sets = [], [], [], []
+    for hour, key, model, uids in cur.fetchall():
+        hours.append(hour)
+        keys.append(key)
+        models.append(model)
+        sets.append(sketches.bitmap_of(uid for uid in uids if uid is not None))
+    cur.execute(DELETE_GROUP_ROWS, params)
+    cur.execute(INSERT_GROUP_ROWS, params | {"set_hours": hours, "set_keys": keys, "set_models": models, "sets": sets})
+
+
 def write_dimensions(cur: Cursor, params: dict[str, Any]) -> None:
     """Hourly rows per checkpoint and per error type; records the (day, key) pairs they touched."""
     cur.execute(CREATE_TOUCHED)
@@ -352,16 +442,87 @@ LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[
 """
 
 
+# Error groups: the key of touched_days is fingerprint || model_checkpoint (see GROUP_KEY).
+GROUP_MATCH = "{t}.fingerprint = left({k}.key, 16) AND {t}.model_checkpoint = substr({k}.key, 17)"
+SELECT_GROUP_DAY_SETS = f"""
+SELECT k.day, k.key, h.user_bitmap
+FROM ({TOUCHED_HOURS}) AS k
+JOIN generation_error_group_metrics_hourly AS h ON h.hour = k.hour AND {GROUP_MATCH.format(t="h", k="k")}
+"""
+DELETE_GROUP_DAYS = f"""
+DELETE FROM generation_error_group_metrics_daily AS d
+USING (SELECT DISTINCT day, key FROM touched_days WHERE kind = %(kind)s) AS t
+WHERE d.day = t.day AND {GROUP_MATCH.format(t="d", k="t")}
+"""
+INSERT_GROUP_DAYS = f"""
+WITH hours AS (
+    SELECT k.day, k.key, g.* FROM ({TOUCHED_HOURS}) AS k
+    JOIN generation_error_group_metrics_hourly AS g ON g.hour = k.hour AND {GROUP_MATCH.format(t="g", k="k")}
+)
+INSERT INTO generation_error_group_metrics_daily (
+    day, fingerprint, model_checkpoint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+SELECT s.day, s.fingerprint, s.model_checkpoint, s.error_type, s.failures, s.first_seen, s.last_seen,
+       m.sample_message, coalesce(x.bitmap, ''::bytea)
+FROM (
+    SELECT day, key, fingerprint, model_checkpoint, min(error_type) AS error_type, sum(failures) AS failures,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM hours GROUP BY 1, 2, 3, 4
+) AS s
+JOIN (
+    SELECT DISTINCT ON (day, key) day, key, sample_message FROM hours
+    ORDER BY day, key, last_seen DESC, sample_message DESC
+) AS m USING (day, key)
+LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, key, bitmap)
+    USING (day, key)
+"""
+
+# Error groups over all their checkpoints, per day: for the fingerprints of the touched (day, key) pairs,
+# summed from the daily rows per checkpoint just replaced (kind 'group' comes first in DAILY).
+TOUCHED_GROUPS = "SELECT DISTINCT day, left(key, 16) AS fingerprint FROM touched_days WHERE kind = 'group'"
+SELECT_TOTAL_DAY_SETS = f"""
+SELECT d.day, d.fingerprint, d.user_bitmap FROM ({TOUCHED_GROUPS}) AS t
+JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint
+"""
+DELETE_TOTAL_DAYS = f"""
+DELETE FROM generation_error_group_totals_daily AS d USING ({TOUCHED_GROUPS}) AS t
+WHERE d.day = t.day AND d.fingerprint = t.fingerprint
+"""
+INSERT_TOTAL_DAYS = f"""
+WITH days AS (
+    SELECT d.* FROM ({TOUCHED_GROUPS}) AS t
+    JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint
+)
+INSERT INTO generation_error_group_totals_daily (
+    day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+SELECT s.day, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
+       coalesce(x.bitmap, ''::bytea)
+FROM (
+    SELECT day, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM days GROUP BY 1, 2
+) AS s
+JOIN (
+    SELECT DISTINCT ON (day, fingerprint) day, fingerprint, sample_message FROM days
+    ORDER BY day, fingerprint, last_seen DESC, sample_message DESC
+) AS m USING (day, fingerprint)
+LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, fingerprint, bitmap)
+    USING (day, fingerprint)
+"""
+
+
 # Daily rows per kind: the hourly blobs to merge, how (histograms summed, user sets unioned), the rows
 # to replace, and the insert that sums the rest in SQL.
 DAILY = {
     "model": (SELECT_MODEL_DAY_HISTS, sketches.compact_groups, DELETE_MODEL_DAYS, INSERT_MODEL_DAYS),
     "error": (SELECT_ERROR_DAY_SETS, sketches.union_groups, DELETE_ERROR_DAYS, INSERT_ERROR_DAYS),
+    "group": (SELECT_GROUP_DAY_SETS, sketches.union_groups, DELETE_GROUP_DAYS, INSERT_GROUP_DAYS),
+    "group totals": (SELECT_TOTAL_DAY_SETS, sketches.union_groups, DELETE_TOTAL_DAYS, INSERT_TOTAL_DAYS),
 }
 
 
 def write_days(cur: Cursor) -> None:
-    """Replace the daily rows of every touched (day, checkpoint) and (day, error type), from the hourly rows."""
+    """Replace the daily rows of every touched (day, checkpoint), (day, error type) and (day, error group and
+    checkpoint), from the hourly rows, and of every touched (day, error group), from the last."""
     for kind, (select_blobs, merge, delete, insert) in DAILY.items():
         cur.execute(select_blobs, {"kind": kind})
         blobs = merge(((day, key), blob) for day, key, blob in cur.fetchall())

@@ -132,13 +132,14 @@ CREATE TEMP TABLE IF NOT EXISTS transfer_staging (
     event_id uuid, event_type text, generation_id text, user_id uuid, timestamp timestamptz,
     duration_ms bigint, success boolean, error_type text, error_message text, model_checkpoint text,
     generation_type text, queue_length integer, queue_wait_time_ms bigint, generation_time_ms bigint,
-    batch_size integer, image_width integer, image_height integer, prompt_tokens integer, attributes jsonb
+    batch_size integer, image_width integer, image_height integer, prompt_tokens integer, attributes jsonb,
+    error_fingerprint text
 ) ON COMMIT DELETE ROWS
 """
 COPY_STAGING = f"COPY transfer_staging ({', '.join(ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = (
     "uuid", "text", "text", "uuid", "timestamptz", "int8", "bool", "text", "text", "text", "text", "int4",
-    "int8", "int8", "int4", "int4", "int4", "int4", "jsonb",
+    "int8", "int8", "int4", "int4", "int4", "int4", "jsonb", "text",
 )  # fmt: skip
 
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
-import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 
 from generation_analytics.questions import EventsQuestion
-from generation_analytics.service.errors import InvalidArgument
-from generation_analytics.service.hours import DAY, HOUR, hour_floor
+from generation_analytics.service.queries.page_tokens import PageTokens, checked_int
 from generation_analytics.service.queries.window import Window
 from generation_analytics.vocabulary import EventType, Order, Word
 
@@ -72,12 +66,6 @@ async def recent_activity(
         return await cur.fetchall()
 
 
-def _fingerprint(filters: EventsQuestion) -> str:
-    """What a page token is bound to: every filter and the order (not the paging fields)."""
-    bound = {name: getattr(filters, name) for name in (*_FILTER_CLAUSES, "order")}
-    return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 @dataclass
 class EventPage:
     events: list[EventRecord]
@@ -104,108 +92,21 @@ _ORDERS = {
 }
 
 
-MAX_TOKEN_CHARS = 512
-MAX_BIGINT = 2**63 - 1
+def _position(filters: EventsQuestion) -> Callable[[dict[str, Any], Window], tuple[Any, int]]:
+    """Reads a ListEvents token's keyset position: the last row's timestamp (newest) or duration (slowest),
+    and its id; both within range (the timestamp inside the token's window)."""
 
-
-class PageTokens:
-    """Page tokens signed with a secret the replicas share (HMAC-SHA256), so a token can only be one this
-    service issued, for the filters, order and `days` it was issued for; its fields are range-checked too.
-
-    A token is base64url(JSON) "." base64url(MAC): the position to continue from and the window it was
-    issued in (a later page keeps the first page's window, so paging is stable while the hour turns).
-    """
-
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
-
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
-
-    def issue(self, window: Window, filters: EventsQuestion, key: Any, key_id: int) -> str:
-        payload = json.dumps(
-            {
-                "v": 2,
-                "d": window.days,
-                "s": window.start.isoformat(),
-                "f": _fingerprint(filters),
-                "k": key.isoformat() if isinstance(key, datetime) else key,
-                "i": key_id,
-            },
-            separators=(",", ":"),
-        ).encode()
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
-
-    def read(self, token: str, filters: EventsQuestion, days: int) -> tuple[Window, Any, int]:
-        """The window and keyset position a token continues from, or INVALID_ARGUMENT (`page_token`)."""
-        payload = self._verified(token)
-        try:
-            values = json.loads(payload)
-            if values["f"] != _fingerprint(filters) or values["d"] != days:
-                raise InvalidArgument("page_token", "issued for different filters, order or days")
-            start = datetime.fromisoformat(values["s"])
-            window = Window(days=days, start=start, end=start + days * DAY + HOUR)
-            if values["v"] != 2 or start.tzinfo is None or start != hour_floor(start) or window.end > _latest_end():
-                raise ValueError("window")
-            key_id = values["i"]
-            if filters.order is Order.NEWEST:
-                key = datetime.fromisoformat(values["k"])
-                if key.tzinfo is None or not window.start <= key < window.end:
-                    raise ValueError("position")
-            else:
-                key = values["k"]
-                if type(key) is not int or not 0 <= key <= MAX_BIGINT:
-                    raise ValueError("position")
-            if type(key_id) is not int or not 0 < key_id <= MAX_BIGINT:
+    def read(values: dict[str, Any], window: Window) -> tuple[Any, int]:
+        key: Any
+        if filters.order is Order.NEWEST:
+            key = datetime.fromisoformat(values["k"])
+            if key.tzinfo is None or not window.start <= key < window.end:
                 raise ValueError("position")
-        except InvalidArgument:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
-            raise InvalidArgument("page_token", "not valid") from None
-        return window, key, key_id
+        else:
+            key = checked_int(values["k"], 0)
+        return key, checked_int(values["i"], 1)
 
-    def _verified(self, token: str) -> bytes:
-        body, _, mac = token.partition(".")
-        try:
-            if len(token) > MAX_TOKEN_CHARS:
-                raise ValueError
-            payload, signature = _unb64(body), _unb64(mac)
-        except (ValueError, binascii.Error):
-            raise InvalidArgument("page_token", "not valid") from None
-        if not hmac.compare_digest(signature, self._mac(payload)):
-            raise InvalidArgument("page_token", "not valid")
-        return payload
-
-
-# The secret every replica signs page tokens with: generated once, by whichever replica asks first.
-ENSURE_SECRET = """
-INSERT INTO service_secrets (name, value) VALUES ('page_tokens', %(value)s) ON CONFLICT (name) DO NOTHING
-"""
-SELECT_SECRET = "SELECT value FROM service_secrets WHERE name = 'page_tokens'"
-
-
-async def shared_token_secret(conn: AsyncConnection[Any]) -> bytes:
-    await conn.execute(ENSURE_SECRET, {"value": secrets.token_bytes(32)})
-    row = await (await conn.execute(SELECT_SECRET)).fetchone()
-    assert row is not None
-    return bytes(row[0])
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    """The bytes of exactly the text `_b64` writes (no other alphabet, padding or spelling of the bytes)."""
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64(data) != text:
-        raise ValueError("not canonical base64url")
-    return data
-
-
-def _latest_end() -> datetime:
-    """No window a token names can end after the end of the next hour (clocks a little ahead)."""
-    return hour_floor(datetime.now(UTC)) + 2 * HOUR
+    return read
 
 
 def events_query(
@@ -236,7 +137,7 @@ async def list_events(
     key: Any = None
     key_id = 0
     if filters.page_token:
-        window, key, key_id = tokens.read(filters.page_token, filters, window.days)
+        window, (key, key_id) = tokens.read(filters.page_token, filters, window.days, _position(filters))
     if filters.order is Order.SLOWEST and filters.event_type not in (None, EventType.COMPLETION):
         return EventPage(events=[], next_page_token="")  # "slowest" lists completions only
     query, params = events_query(window, filters, page_size=page_size, key=key, key_id=key_id)
@@ -249,7 +150,6 @@ async def list_events(
     if len(rows) > page_size:
         rows = rows[:page_size]
         last = rows[-1]
-        next_token = tokens.issue(
-            window, filters, last.timestamp if filters.order is Order.NEWEST else last.duration_ms, last.id
-        )
+        key = last.timestamp.isoformat() if filters.order is Order.NEWEST else last.duration_ms
+        next_token = tokens.issue(window, filters, {"k": key, "i": last.id})
     return EventPage(events=rows, next_page_token=next_token)

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.questions import (
     CheckpointsQuestion,
+    ErrorGroupsQuestion,
     EventsQuestion,
     FailuresQuestion,
     ModelsQuestion,
@@ -30,10 +31,12 @@ from generation_analytics.questions import (
 )
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.queries.compare import CheckpointComparison, checkpoint_name, compare_checkpoints
-from generation_analytics.service.queries.events import EventPage, PageTokens, list_events, shared_token_secret
+from generation_analytics.service.queries.error_groups import ErrorGroupPage, list_error_groups
+from generation_analytics.service.queries.events import EventPage, list_events
 from generation_analytics.service.queries.failures import FailureAnalysis, failure_analysis
 from generation_analytics.service.queries.models import ModelPerformanceReport, model_performance
 from generation_analytics.service.queries.overview import Overview, PeakHours, Trends, overview, peak_hours, trends
+from generation_analytics.service.queries.page_tokens import PageTokens, shared_token_secret
 from generation_analytics.service.queries.status import stream_backlog
 from generation_analytics.service.queries.totals import LIST_LIMIT, MAX_LIST_LIMIT
 from generation_analytics.service.queries.users import TopUsers, UserAnalytics, top_users, user_analytics
@@ -49,6 +52,11 @@ MAX_TOP_USERS = 1_000
 def list_limit(limit: int | None) -> int:
     """How long an answer's lists may be (the `limit` of the question, checked)."""
     return bounded(limit, default=LIST_LIMIT, low=1, high=MAX_LIST_LIMIT, field="limit")
+
+
+def page_size(size: int | None) -> int:
+    """How many entries a page holds (the `page_size` of the question, 0 or unset: 50)."""
+    return bounded(size or None, default=50, low=1, high=MAX_PAGE_SIZE, field="page_size")
 
 
 def question_window(question: Question) -> Window:
@@ -122,7 +130,7 @@ class AnalyticsQueries:
         w = question_window(question)
         if question.min_duration_ms is not None and question.min_duration_ms < 0:
             raise InvalidArgument("min_duration_ms", "must not be negative")
-        size = bounded(question.page_size or None, default=50, low=1, high=MAX_PAGE_SIZE, field="page_size")
+        size = page_size(question.page_size)
         filters = replace(
             question,
             user_id=user_uuid(question.user_id) if question.user_id else "",
@@ -146,6 +154,18 @@ class AnalyticsQueries:
         async with self._pool.connection() as conn:
             return await compare_checkpoints(conn, w, a, b)
 
+    async def error_groups(self, question: ErrorGroupsQuestion) -> ErrorGroupPage:
+        w = question_window(question)
+        size = page_size(question.page_size)
+        filters = replace(
+            question,
+            model_checkpoint=text_filter(question.model_checkpoint, "model_checkpoint") or "",
+            error_type=text_filter(question.error_type, "error_type") or "",
+        )
+        tokens = await self._page_tokens()
+        async with self._pool.connection() as conn:
+            return await list_error_groups(conn, w, filters, page_size=size, tokens=tokens)
+
 
 Answer = Callable[[AnalyticsQueries, Any], Awaitable[Any]]
 # Each question: the method that answers it, and the type of its answer (a dataclass whose fields are
@@ -160,4 +180,5 @@ ANSWERS: dict[type[Question], tuple[Answer, type]] = {
     EventsQuestion: (AnalyticsQueries.events, EventPage),
     TopUsersQuestion: (AnalyticsQueries.top_users, TopUsers),
     CheckpointsQuestion: (AnalyticsQueries.compare_checkpoints, CheckpointComparison),
+    ErrorGroupsQuestion: (AnalyticsQueries.error_groups, ErrorGroupPage),
 }

@@ -1,0 +1,212 @@
+"""Error groups: the window's failed completions by fingerprint (fingerprints.py), most failures first,
+read from generation_error_group_metrics_daily (whole UTC days) and _hourly (the partial first and last
+days); filtered by checkpoint and error type, paged by a signed keyset token (count, fingerprint)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from generation_analytics.questions import ErrorGroupsQuestion
+from generation_analytics.service import sketches
+from generation_analytics.service.fingerprints import RULES_VERSION
+from generation_analytics.service.queries.page_tokens import PageTokens, checked_int
+from generation_analytics.service.queries.window import SPLIT_HOURS, Window, daily_split
+
+CHECKPOINTS_PER_GROUP = 10
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+
+# Each filter of the question is a fixed clause with a bound parameter; only the set of clauses varies.
+_FILTER_CLAUSES = {
+    "model_checkpoint": sql.SQL("model_checkpoint = %(model_checkpoint)s"),
+    "error_type": sql.SQL("error_type = %(error_type)s"),
+}
+_COLUMNS = "fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
+# The window's rows per checkpoint: whole UTC days from the daily rollup, its partial first and last days
+# from the hourly one.
+PER_CHECKPOINT = f"""
+SELECT day, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_daily
+WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
+UNION ALL
+SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
+WHERE ({SPLIT_HOURS}) AND {{filters}}
+"""
+# The same over all checkpoints (no checkpoint filter): whole days from the daily totals per group.
+ALL_CHECKPOINTS = f"""
+SELECT day, '' AS model_checkpoint, {_COLUMNS} FROM generation_error_group_totals_daily
+WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
+UNION ALL
+SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
+WHERE ({SPLIT_HOURS}) AND {{filters}}
+"""
+# The groups of the window, ranked; one page of them after the keyset position, and how many there are.
+RANKED_GROUPS = """
+WITH groups AS (
+    SELECT fingerprint, min(error_type) AS error_type, sum(failures)::bigint AS count,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM ({rows}) AS r
+    GROUP BY fingerprint
+)
+SELECT t.total, g.* FROM (SELECT count(*) AS total FROM groups) AS t
+LEFT JOIN LATERAL (
+    SELECT * FROM groups WHERE {after} ORDER BY count DESC, fingerprint LIMIT %(limit)s
+) AS g ON true
+"""
+AFTER = "(count < %(count)s OR (count = %(count)s AND fingerprint > %(fingerprint)s))"
+# The page's groups: their rows for users, the daily trend and the latest message ...
+GROUP_DETAILS = """
+SELECT fingerprint, day, failures, last_seen, sample_message, user_bitmap FROM ({rows}) AS r
+WHERE fingerprint = ANY(%(keys)s)
+"""
+# ... and their failures per checkpoint.
+GROUP_CHECKPOINTS = """
+SELECT fingerprint, model_checkpoint, sum(failures)::bigint FROM ({rows}) AS r
+WHERE fingerprint = ANY(%(keys)s) GROUP BY 1, 2
+"""
+
+
+@dataclass
+class ErrorGroupTrendPoint:
+    date: str
+    count: int
+
+
+@dataclass
+class ErrorGroup:
+    fingerprint: str
+    error_type: str
+    sample_message: str
+    count: int
+    affected_users: int
+    checkpoints: list[str]
+    total_checkpoints: int
+    first_seen: datetime
+    last_seen: datetime
+    daily_trend: list[ErrorGroupTrendPoint]
+
+
+@dataclass
+class ErrorGroupPage:
+    lookback_days: int
+    groups: list[ErrorGroup]
+    next_page_token: str
+    total_groups: int
+    rules_version: int
+    window_start: datetime
+    window_end: datetime
+
+
+@dataclass
+class _Details:
+    bitmaps: list[bytes] = field(default_factory=list)
+    checkpoints: Counter[str] = field(default_factory=Counter)
+    days: Counter[date] = field(default_factory=Counter)
+    latest: tuple[datetime, str] | None = None
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        """One row of GROUP_DETAILS (after its fingerprint)."""
+        day, failures, last_seen, message, users = row
+        self.bitmaps.append(users)
+        self.days[day] += failures
+        if self.latest is None or (last_seen, message) > self.latest:
+            self.latest = (last_seen, message)
+
+
+def _position(values: dict[str, Any], window: Window) -> tuple[int, str]:
+    """A token's keyset position: the last group's count (>= 1) and fingerprint (16 hex digits)."""
+    fingerprint = values["g"]
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError("position")
+    return checked_int(values["k"], 1), fingerprint
+
+
+def _rows(
+    window: Window, filters: ErrorGroupsQuestion, *, per_checkpoint: bool
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The window's rows (per checkpoint, or over all checkpoints when the question names none) with the
+    filters the question sets, and their parameters."""
+    params: dict[str, Any] = dict(daily_split(window).params)
+    clauses: list[sql.Composable] = [sql.SQL("TRUE")]
+    for name, clause in _FILTER_CLAUSES.items():
+        value = getattr(filters, name)
+        if value:
+            params[name] = value
+            clauses.append(clause)
+    rows = PER_CHECKPOINT if per_checkpoint or filters.model_checkpoint else ALL_CHECKPOINTS
+    return sql.SQL(rows).format(filters=sql.SQL(" AND ").join(clauses)), params
+
+
+def _group(row: dict[str, Any], details: _Details, dates: list[date]) -> ErrorGroup:
+    ranked = sorted(details.checkpoints.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ErrorGroup(
+        fingerprint=row["fingerprint"],
+        error_type=row["error_type"],
+        sample_message=details.latest[1] if details.latest else "",
+        count=row["count"],
+        affected_users=sketches.union_count(details.bitmaps),
+        checkpoints=[name for name, _ in ranked[:CHECKPOINTS_PER_GROUP]],
+        total_checkpoints=len(ranked),
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        daily_trend=[ErrorGroupTrendPoint(date=d.isoformat(), count=details.days.get(d, 0)) for d in dates],
+    )
+
+
+async def list_error_groups(
+    conn: AsyncConnection[Any],
+    window: Window,
+    filters: ErrorGroupsQuestion,
+    *,
+    page_size: int,
+    tokens: PageTokens,
+) -> ErrorGroupPage:
+    """A page of the window's error groups matching `filters` (checked already), after its page_token."""
+    after: tuple[int, str] | None = None
+    if filters.page_token:
+        window, after = tokens.read(filters.page_token, filters, window.days, _position)
+    rows_sql, params = _rows(window, filters, per_checkpoint=False)
+    checkpoint_rows, _ = _rows(window, filters, per_checkpoint=True)
+    ranked = sql.SQL(RANKED_GROUPS).format(rows=rows_sql, after=sql.SQL(AFTER if after else "TRUE"))
+    params |= {"limit": page_size + 1}
+    if after:
+        params |= {"count": after[0], "fingerprint": after[1]}
+    details: dict[str, _Details] = defaultdict(_Details)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(ranked, params)
+        rows = await cur.fetchall()
+        total = rows[0]["total"] if rows else 0
+        rows = [row for row in rows if row["fingerprint"] is not None]
+        page = rows[:page_size]
+    if page:
+        async with conn.cursor() as plain:  # tuples: a page's groups may have thousands of rows
+            await plain.execute(
+                sql.SQL(GROUP_DETAILS).format(rows=rows_sql), params | {"keys": [row["fingerprint"] for row in page]}
+            )
+            for row in await plain.fetchall():
+                details[row[0]].add(row[1:])
+            await plain.execute(
+                sql.SQL(GROUP_CHECKPOINTS).format(rows=checkpoint_rows),
+                params | {"keys": [row["fingerprint"] for row in page]},
+            )
+            for key, model, failures in await plain.fetchall():
+                details[key].checkpoints[model] += failures
+    next_token = ""
+    if len(rows) > page_size:
+        last = page[-1]
+        next_token = tokens.issue(window, filters, {"k": last["count"], "g": last["fingerprint"]})
+    dates = window.dates
+    return ErrorGroupPage(
+        lookback_days=window.days,
+        groups=[_group(row, details[row["fingerprint"]], dates) for row in page],
+        next_page_token=next_token,
+        total_groups=total,
+        rules_version=RULES_VERSION,
+        window_start=window.start,
+        window_end=window.end,
+    )
