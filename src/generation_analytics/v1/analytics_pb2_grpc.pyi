@@ -51,6 +51,13 @@ class AnalyticsServiceStub:
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     @_typing.overload
@@ -80,10 +87,18 @@ class AnalyticsServiceStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListEventsRequest, _analytics_pb2.ListEventsResponse]
     """ListEvents pages through raw events, newest or slowest first (days 1..365, default 7)."""
     ListTopUsers: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListTopUsersRequest, _analytics_pb2.ListTopUsersResponse]
-    """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+    """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+    default 20).
+    """
     CompareCheckpoints: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]
     """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
     "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+    """
+    ExportEvents: _grpc.UnaryStreamMultiCallable[_analytics_pb2.ExportEventsRequest, _analytics_pb2.ExportEventsResponse]
+    """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+    same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
+    each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+    client that cancels stops the read. Filters are checked before the first message is sent.
     """
 
 @_typing.type_check_only
@@ -112,6 +127,13 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -138,10 +160,18 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListEventsRequest, _analytics_pb2.ListEventsResponse]  # type: ignore[assignment]
     """ListEvents pages through raw events, newest or slowest first (days 1..365, default 7)."""
     ListTopUsers: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListTopUsersRequest, _analytics_pb2.ListTopUsersResponse]  # type: ignore[assignment]
-    """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+    """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+    default 20).
+    """
     CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]  # type: ignore[assignment]
     """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
     "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+    """
+    ExportEvents: _aio.UnaryStreamMultiCallable[_analytics_pb2.ExportEventsRequest, _analytics_pb2.ExportEventsResponse]  # type: ignore[assignment]
+    """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+    same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
+    each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+    client that cancels stops the read. Filters are checked before the first message is sent.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,6 +199,13 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     @_abc_1.abstractmethod
@@ -241,7 +278,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.ListTopUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.ListTopUsersResponse, _abc.Awaitable[_analytics_pb2.ListTopUsersResponse]]:
-        """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+        """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+        default 20).
+        """
 
     @_abc_1.abstractmethod
     def CompareCheckpoints(
@@ -251,6 +290,18 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.CompareCheckpointsResponse, _abc.Awaitable[_analytics_pb2.CompareCheckpointsResponse]]:
         """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
         "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEvents(
+        self,
+        request: _analytics_pb2.ExportEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_analytics_pb2.ExportEventsResponse], _abc.AsyncIterator[_analytics_pb2.ExportEventsResponse]]:
+        """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+        same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
+        each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+        client that cancels stops the read. Filters are checked before the first message is sent.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,5 @@
-"""Raw events: ListEvents with filters and keyset pagination, and a user's recent activity."""
+"""Raw events: ListEvents with filters and keyset pagination, ExportEvents (the same events through a
+server-side cursor), and a user's recent activity."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 
-from generation_analytics.questions import EventsQuestion
+from generation_analytics.questions import EventsQuestion, ExportQuestion
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.hours import DAY, HOUR, hour_floor
 from generation_analytics.service.queries.window import Window
@@ -209,9 +211,10 @@ def _latest_end() -> datetime:
 
 
 def events_query(
-    window: Window, filters: EventsQuestion, *, page_size: int, key: Any = None, key_id: int = 0
+    window: Window, filters: EventsQuestion | ExportQuestion, *, page_size: int | None, key: Any = None, key_id: int = 0
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """The statement and parameters of one ListEvents page (also EXPLAINed by bench.list_events_matrix)."""
+    """The statement and parameters of one ListEvents page (also EXPLAINed by bench.list_events_matrix),
+    or with `page_size` None of every page at once (an export: no LIMIT)."""
     params: dict[str, Any] = {}
     for name in _FILTER_CLAUSES:
         value = getattr(filters, name)
@@ -222,10 +225,15 @@ def events_query(
     conditions += [sql.SQL(clause) for name, clause in _FILTER_CLAUSES.items() if name in params]
     if filters.page_token:
         conditions.append(sql.SQL(keyset_condition))
-    query = sql.SQL("SELECT {columns} FROM generation_events WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
-        columns=EVENT_COLUMNS, where=sql.SQL(" AND ").join(conditions), order=sql.SQL(order_by)
+    query = sql.SQL("SELECT {columns} FROM generation_events WHERE {where} ORDER BY {order} {limit}").format(
+        columns=EVENT_COLUMNS,
+        where=sql.SQL(" AND ").join(conditions),
+        order=sql.SQL(order_by),
+        limit=sql.SQL("" if page_size is None else "LIMIT %(limit)s"),
     )
-    params.update(start=window.start, end=window.end, key=key, key_id=key_id, limit=page_size + 1)
+    params.update(start=window.start, end=window.end, key=key, key_id=key_id)
+    if page_size is not None:
+        params["limit"] = page_size + 1
     return query, params
 
 
@@ -253,3 +261,26 @@ async def list_events(
             window, filters, last.timestamp if filters.order is Order.NEWEST else last.duration_ms, last.id
         )
     return EventPage(events=rows, next_page_token=next_token)
+
+
+EXPORT_BATCH_ROWS = 2_000  # events per ExportEventsResponse (~1 MB) and per FETCH from the cursor
+
+
+async def export_events(
+    conn: AsyncConnection[Any], window: Window, filters: ExportQuestion, *, batch_rows: int = EXPORT_BATCH_ROWS
+) -> AsyncGenerator[list[EventRecord], None]:
+    """Every event matching `filters` (checked already), newest first, `batch_rows` at a time.
+
+    ListEvents' statement without its LIMIT, read through a server-side cursor (DECLARE ... FETCH
+    FORWARD n): the client holds one batch at a time, whatever the count. A cursor lives in a
+    transaction, so the export holds one connection and a snapshot until it ends; stopping the
+    iteration (a client that cancels) closes the cursor and ends the transaction.
+    """
+    query, params = events_query(window, filters, page_size=None)
+    async with (
+        conn.transaction(),
+        conn.cursor(name="export_events", row_factory=class_row(EventRecord)) as cur,
+    ):
+        await cur.execute(query, params)
+        while rows := await cur.fetchmany(batch_rows):
+            yield rows

@@ -14,6 +14,8 @@ from generation_analytics.service.hours import HOUR, day_start, month_of
 from generation_analytics.service.queries.events import EventRecord, recent_activity
 from generation_analytics.service.queries.totals import Totals, add_row, build
 from generation_analytics.service.queries.window import Window
+from generation_analytics.service.settings import GpuPrices
+from generation_analytics.vocabulary import UserOrder
 
 USER_ROWS = """
 SELECT h.hour, h.total_requests AS requests, h.successful_generations AS successes,
@@ -59,13 +61,48 @@ class UserAnalytics:
     other_failures: int = 0
     total_models: int = 0
     other_model_uses: int = 0
+    gpu_time_ms: int = 0
+    gpu_cost: float | None = None
+
+
+# A user's GPU time per checkpoint, from the raw events (the per-user rollups count checkpoints, not
+# their durations): read only when the price table prices checkpoints differently. One index range
+# over the user's events in the window (generation_events (user_id, timestamp)).
+USER_GPU_BY_CHECKPOINT = """
+SELECT model_checkpoint, sum(duration_ms)::bigint AS gpu_time_ms
+FROM generation_events
+WHERE user_id = %(user_id)s AND timestamp >= %(start)s AND timestamp < %(end)s
+  AND event_type = 'completion' AND duration_ms IS NOT NULL
+GROUP BY model_checkpoint
+"""
+
+
+async def user_gpu_cost(
+    conn: AsyncConnection[Any], user_id: str, window: Window, prices: GpuPrices, gpu_time_ms: int
+) -> float | None:
+    """The user's GPU time (`gpu_time_ms`, from the rollups) priced per checkpoint. GPU time the raw
+    events no longer show (older than raw-event retention) is priced at the default price."""
+    if not prices.configured:
+        return None
+    if not prices.by_checkpoint or gpu_time_ms == 0:
+        return prices.cost(None, gpu_time_ms)
+    cost, seen = 0.0, 0
+    params = {"user_id": user_id, "start": window.start, "end": window.end}
+    async with conn.cursor() as cur:
+        await cur.execute(USER_GPU_BY_CHECKPOINT, params)
+        for checkpoint, ms in await cur.fetchall():
+            cost += prices.cost(checkpoint, ms)
+            seen += ms
+    return cost + prices.cost(None, max(gpu_time_ms - seen, 0))
 
 
 def _ranked(counts: Counter[str]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Window, *, limit: int) -> UserAnalytics:
+async def user_analytics(
+    conn: AsyncConnection[Any], user_id: str, window: Window, *, limit: int, prices: GpuPrices | None = None
+) -> UserAnalytics:
     """One user's figures over the window (an unknown user gets zeros); breakdowns at most `limit` long."""
     totals = Totals()
     errors: Counter[str] = Counter()
@@ -95,6 +132,7 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
         total_models=len(models),
         other_model_uses=sum(v for _, v in ranked_models[limit:]),
         recent_activity=await recent_activity(conn, user_id, window) if first is not None else [],
+        gpu_cost=await user_gpu_cost(conn, user_id, window, prices or GpuPrices(), totals.duration_sum),
     )
 
 
@@ -147,7 +185,7 @@ WITH months AS ({months}
     ) AS b ON true
 ), ranked AS (
     SELECT * FROM windowed WHERE events > 0 AND last_hour >= %(start)s  -- else nothing in the window
-    ORDER BY requests DESC, user_id::text LIMIT %(limit)s
+    ORDER BY {order} DESC, user_id::text LIMIT %(limit)s
 )
 SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS successful_generations,
        r.failures AS failed_generations, r.duration_count, r.duration_sum,
@@ -156,8 +194,10 @@ SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS 
            WHERE h.uid = r.uid AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
        ) END AS last_event_at
 FROM ranked AS r
-ORDER BY r.requests DESC, r.user_id::text
+ORDER BY r.{order} DESC, r.user_id::text
 """
+# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum).
+ORDER_COLUMNS = {UserOrder.REQUESTS: "requests", UserOrder.GPU_TIME: "duration_sum"}
 
 
 @dataclass
@@ -168,6 +208,7 @@ class TopUser:
     failed_generations: int
     avg_duration_ms: float
     last_generation_at: datetime | None
+    gpu_time_ms: int
 
 
 @dataclass
@@ -176,12 +217,14 @@ class TopUsers:
     users: list[TopUser]
 
 
-async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -> TopUsers:
+async def top_users(
+    conn: AsyncConnection[Any], window: Window, *, limit: int, order: UserOrder = UserOrder.REQUESTS
+) -> TopUsers:
     async with conn.cursor(row_factory=dict_row) as cur:
         first_month = window.start.date().replace(day=1)
         single = month_of(window.end - HOUR) == first_month
         await cur.execute(
-            TOP_USERS.format(months=MONTHS_SINGLE if single else MONTHS_GROUPED),
+            TOP_USERS.format(months=MONTHS_SINGLE if single else MONTHS_GROUPED, order=ORDER_COLUMNS[order]),
             {
                 "start": window.start,
                 "end": window.end,
@@ -199,6 +242,7 @@ async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -
             failed_generations=r["failed_generations"],
             avg_duration_ms=r["duration_sum"] / r["duration_count"] if r["duration_count"] else 0.0,
             last_generation_at=r["last_event_at"],
+            gpu_time_ms=r["duration_sum"],
         )
         for r in rows
     ]
