@@ -22,7 +22,7 @@ import psycopg
 import pyarrow.parquet as pq  # type: ignore[import-untyped,unused-ignore]
 import pytest
 import requests
-from hypothesis import HealthCheck, Phase, given
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -32,12 +32,12 @@ from generation_analytics.v1 import analytics_pb2, events_pb2
 from tests import reference as ref
 from tests.factories import make_event
 from tests.fix_server import LiveServer
+from tests.test_compare import in_range, previous_bounds
 from tests.test_queries import ERRORS, MODELS, USERS, events_near_now, list_all, load, now, reset, stable
 
 MS_PER_HOUR = 3_600_000
 PRICE_TABLES = ["", "*=1.5", "sdxl-1.0=2.5", "sdxl-1.0=2.5,*=1.0", "sdxl-1.0=2.5,flux-dev=4.0,*=0.5", "flux-dev=0"]
 SETTLED = hypothesis_settings(
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -91,8 +91,7 @@ def check_gpu(server: LiveServer, raw: list[ref.Raw], days: int, table: str) -> 
         )
     )
     window = ref.in_window(raw, days, at)
-    start, _ = ref.window_bounds(days, at)
-    previous = [e for e in raw if start - timedelta(days=days) <= e.timestamp < start]
+    previous = in_range(raw, previous_bounds(days, at))
     by_model = ref.group([e for e in window if e.model_checkpoint], lambda e: e.model_checkpoint)
     before_by_model = ref.group([e for e in previous if e.model_checkpoint], lambda e: e.model_checkpoint)
     listed = {m.model_checkpoint for m in models.models}
@@ -164,6 +163,34 @@ def test_failed_completions_and_missing_durations_count_as_documented(live_serve
     assert overview.gpu_cost == pytest.approx(1_500 / MS_PER_HOUR * 3.6)
     top = live_server.analytics.ListTopUsers(analytics_pb2.ListTopUsersRequest(order=analytics_pb2.USER_ORDER_GPU_TIME))
     assert [(u.user_id, u.gpu_time_ms) for u in top.users] == [(user, 1_500)]
+
+
+def test_gpu_time_through_the_client_http_and_cli(live_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    from generation_analytics.cli import main
+    from generation_analytics.client import AnalyticsClient
+
+    at = now() - timedelta(minutes=1)
+    busy, slow = USERS[0], USERS[1]  # more requests / more GPU time
+    events = [make_event("request", user_id=busy, timestamp=at) for _ in range(3)]
+    events += [make_event("completion", user_id=slow, timestamp=at, success=True, duration_ms=90_000)]
+    load(live_server, events)
+    live_server.runtime.queries.prices = parse_gpu_prices("*=2")
+    with AnalyticsClient(live_server.address) as client:
+        assert [u.user_id for u in client.top_users(order="gpu_time").users] == [slow, busy]
+        assert [u.user_id for u in client.top_users().users] == [busy, slow]
+        assert client.overview(1).gpu_cost == pytest.approx(0.05)
+        with pytest.raises(ValueError, match="order"):
+            client.top_users(order="cost")
+    base = f"{live_server.http}/api/v1/analytics/generation"
+    users = requests.get(f"{base}/users", params={"order": "gpu_time"}, timeout=10).json()["users"]
+    assert [(u["user_id"], u["gpu_time_ms"]) for u in users] == [(slow, 90_000), (busy, 0)]
+    bad = requests.get(f"{base}/users", params={"order": "cost"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "order"
+    assert requests.get(f"{base}/models", timeout=10).json()["models"] == []  # no checkpoint named
+    live_server.runtime.queries.prices = parse_gpu_prices("")
+    assert requests.get(f"{base}/overview", timeout=10).json()["gpu_cost"] is None
+    assert main(["top-users", "--target", live_server.address, "--order", "gpu_time", "--json"]) == 0
+    assert [u["user_id"] for u in json.loads(capsys.readouterr().out)["users"]] == [slow, busy]
 
 
 @pytest.mark.parametrize(
@@ -318,6 +345,21 @@ def test_a_long_export_comes_in_batches_newest_first(live_server: LiveServer) ->
     assert [len(m.events) for m in messages] == [2_000, 2_000, 500]
     stamps = [(e.event.timestamp.ToDatetime(), e.id) for m in messages for e in m.events]
     assert stamps == sorted(stamps, reverse=True)
+
+
+def test_large_events_come_in_messages_of_about_a_megabyte(live_server: LiveServer) -> None:
+    dsn = live_server.settings.postgres.dsn
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO generation_events (event_id, event_type, generation_id, user_id, timestamp, error_message)"
+            " SELECT gen_random_uuid(), 'request', 'g' || i, %s, now() - i * interval '1 ms', repeat('m', 4096)"
+            " FROM generate_series(1, 3000) AS i",
+            (USERS[0],),
+        )
+    messages = list(live_server.analytics.ExportEvents(analytics_pb2.ExportEventsRequest(days=1)))
+    assert sum(len(m.events) for m in messages) == 3_000
+    assert len(messages) > 3_000 * 4_096 // (1 << 20)
+    assert max(m.ByteSize() for m in messages) <= 1.1 * (1 << 20)
 
 
 def open_transactions(dsn: str) -> int:

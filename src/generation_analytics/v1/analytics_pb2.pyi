@@ -1440,7 +1440,9 @@ Global___ExportEventsRequest: _TypeAlias = ExportEventsRequest  # noqa: Y015
 
 @_typing.final
 class ExportEventsResponse(_message.Message):
-    """ExportEventsResponse is one batch of the export (at most 2,000 events), in export order."""
+    """ExportEventsResponse is one batch of the export (at most 2,000 events, and about 1 MiB at most unless
+    one event is larger), in export order.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -222,8 +222,8 @@ class AnalyticsServiceServicer:
 
     def ExportEvents(self, request, context):
         """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
-        same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
-        each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+        same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+        about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
         client that cancels stops the read. Filters are checked before the first message is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -96,8 +96,8 @@ class AnalyticsServiceStub:
     """
     ExportEvents: _grpc.UnaryStreamMultiCallable[_analytics_pb2.ExportEventsRequest, _analytics_pb2.ExportEventsResponse]
     """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
-    same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
-    each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+    same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+    about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
     client that cancels stops the read. Filters are checked before the first message is sent.
     """
 
@@ -169,8 +169,8 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """
     ExportEvents: _aio.UnaryStreamMultiCallable[_analytics_pb2.ExportEventsRequest, _analytics_pb2.ExportEventsResponse]  # type: ignore[assignment]
     """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
-    same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
-    each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+    same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+    about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
     client that cancels stops the read. Filters are checked before the first message is sent.
     """
 
@@ -299,8 +299,8 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_analytics_pb2.ExportEventsResponse], _abc.AsyncIterator[_analytics_pb2.ExportEventsResponse]]:
         """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
-        same order: newest timestamp first (then highest id). Messages carry up to a few thousand events
-        each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+        same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+        about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
         client that cancels stops the read. Filters are checked before the first message is sent.
         """
 

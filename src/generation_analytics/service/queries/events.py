@@ -263,13 +263,36 @@ async def list_events(
     return EventPage(events=rows, next_page_token=next_token)
 
 
-EXPORT_BATCH_ROWS = 2_000  # events per ExportEventsResponse (~1 MB) and per FETCH from the cursor
+EXPORT_BATCH_ROWS = 2_000  # events per FETCH from the cursor, and at most per ExportEventsResponse
+# ...and about this many bytes at most per message: events may carry 4 kB messages and 32 kB of attributes,
+# and clients refuse messages over 4 MB by default.
+EXPORT_BATCH_BYTES = 1 << 20
+_ROW_BYTES = 200  # an event's fixed fields, encoded
+
+
+def _approximate_bytes(row: EventRecord) -> int:
+    return _ROW_BYTES + len(row.error_message or "") + sum(len(k) + len(v) + 4 for k, v in row.attributes.items())
+
+
+def _split(rows: list[EventRecord], limit_bytes: int) -> list[list[EventRecord]]:
+    """`rows` cut into runs of about `limit_bytes` at most (always at least one row each)."""
+    parts: list[list[EventRecord]] = []
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        weight = _approximate_bytes(row)
+        if i > start and size + weight > limit_bytes:
+            parts.append(rows[start:i])
+            start, size = i, 0
+        size += weight
+    parts.append(rows[start:])
+    return parts
 
 
 async def export_events(
     conn: AsyncConnection[Any], window: Window, filters: ExportQuestion, *, batch_rows: int = EXPORT_BATCH_ROWS
 ) -> AsyncGenerator[list[EventRecord], None]:
-    """Every event matching `filters` (checked already), newest first, `batch_rows` at a time.
+    """Every event matching `filters` (checked already), newest first, `batch_rows` at a time (fewer when
+    they hold more than about EXPORT_BATCH_BYTES).
 
     ListEvents' statement without its LIMIT, read through a server-side cursor (DECLARE ... FETCH
     FORWARD n): the client holds one batch at a time, whatever the count. A cursor lives in a
@@ -283,4 +306,5 @@ async def export_events(
     ):
         await cur.execute(query, params)
         while rows := await cur.fetchmany(batch_rows):
-            yield rows
+            for part in _split(rows, EXPORT_BATCH_BYTES):
+                yield part
