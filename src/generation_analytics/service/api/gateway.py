@@ -276,7 +276,7 @@ async def stream_csv(request: web.Request, batches: AsyncGenerator[Any, None]) -
             while batch is not None:
                 await response.write(csv_text(record_row(row) for row in batch.events).encode())
                 batch = await anext(batches, None)
-        except ConnectionResetError:  # the client went away: stop reading (aclosing closes the cursor)
+        except ConnectionError:  # the client went away: stop reading (aclosing closes the cursor)
             log.info("%s: the client closed the connection during the export", request.path)
             return response
         except Exception as exc:

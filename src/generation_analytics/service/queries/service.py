@@ -7,6 +7,7 @@ query module. `ANSWERS` pairs each question with its method and result type (the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -186,9 +187,10 @@ class AnalyticsQueries:
         filters = checked_filters(question)
 
         async def batches() -> AsyncGenerator[EventBatch, None]:
-            async with self._pool.connection() as conn:
-                async for rows in export_events(conn, w, filters):
-                    yield EventBatch(events=rows)
+            # Closed inner first: the cursor and its transaction end before the connection goes back.
+            async with self._pool.connection() as conn, contextlib.aclosing(export_events(conn, w, filters)) as rows:
+                async for batch in rows:
+                    yield EventBatch(events=batch)
 
         return batches()
 
