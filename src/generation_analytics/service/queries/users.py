@@ -21,7 +21,7 @@ USER_ROWS = """
 SELECT h.hour, h.total_requests AS requests, h.successful_generations AS successes,
        h.failed_generations AS failures, h.cancelled_generations AS cancellations, h.duration_count,
        h.duration_sum, h.total_images_generated AS images, h.first_event_at, h.last_event_at, h.error_counts,
-       h.model_counts, h.duration_hist AS hist
+       h.model_counts, h.duration_hist AS hist, h.model_gpu_ms
 FROM generation_users AS u JOIN generation_user_metrics_hourly AS h USING (uid)
 WHERE u.user_id = %(user_id)s AND h.hour >= %(start)s AND h.hour < %(end)s
 """
@@ -65,35 +65,13 @@ class UserAnalytics:
     gpu_cost: float | None = None
 
 
-# A user's GPU time per checkpoint, from the raw events (the per-user rollups count checkpoints, not
-# their durations): read only when the price table prices checkpoints differently. One index range
-# over the user's events in the window (generation_events (user_id, timestamp)).
-USER_GPU_BY_CHECKPOINT = """
-SELECT model_checkpoint, sum(duration_ms)::bigint AS gpu_time_ms
-FROM generation_events
-WHERE user_id = %(user_id)s AND timestamp >= %(start)s AND timestamp < %(end)s
-  AND event_type = 'completion' AND duration_ms IS NOT NULL
-GROUP BY model_checkpoint
-"""
-
-
-async def user_gpu_cost(
-    conn: AsyncConnection[Any], user_id: str, window: Window, prices: GpuPrices, gpu_time_ms: int
-) -> float | None:
-    """The user's GPU time (`gpu_time_ms`, from the rollups) priced per checkpoint. GPU time the raw
-    events no longer show (older than raw-event retention) is priced at the default price."""
+def user_gpu_cost(prices: GpuPrices, by_checkpoint: Counter[str], gpu_time_ms: int) -> float | None:
+    """The user's GPU time priced per checkpoint (`by_checkpoint`: the rollups' model_gpu_ms summed); the
+    rest (completions without a checkpoint, hours aggregated before migration 0011) at the default price."""
     if not prices.configured:
         return None
-    if not prices.by_checkpoint or gpu_time_ms == 0:
-        return prices.cost(None, gpu_time_ms)
-    cost, seen = 0.0, 0
-    params = {"user_id": user_id, "start": window.start, "end": window.end}
-    async with conn.cursor() as cur:
-        await cur.execute(USER_GPU_BY_CHECKPOINT, params)
-        for checkpoint, ms in await cur.fetchall():
-            cost += prices.cost(checkpoint, ms)
-            seen += ms
-    return cost + prices.cost(None, max(gpu_time_ms - seen, 0))
+    cost = sum(prices.cost(checkpoint, ms) for checkpoint, ms in by_checkpoint.items())
+    return cost + prices.cost(None, max(gpu_time_ms - sum(by_checkpoint.values()), 0))
 
 
 def _ranked(counts: Counter[str]) -> list[tuple[str, int]]:
@@ -107,6 +85,7 @@ async def user_analytics(
     totals = Totals()
     errors: Counter[str] = Counter()
     models: Counter[str] = Counter()
+    gpu: Counter[str] = Counter()
     first: datetime | None = None
     last: datetime | None = None
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -115,6 +94,7 @@ async def user_analytics(
             add_row(totals, row)
             errors.update(row["error_counts"])
             models.update(row["model_counts"])
+            gpu.update(row["model_gpu_ms"])
             first = row["first_event_at"] if first is None else min(first, row["first_event_at"])
             last = row["last_event_at"] if last is None else max(last, row["last_event_at"])
     ranked_errors, ranked_models = _ranked(errors), _ranked(models)
@@ -132,7 +112,7 @@ async def user_analytics(
         total_models=len(models),
         other_model_uses=sum(v for _, v in ranked_models[limit:]),
         recent_activity=await recent_activity(conn, user_id, window) if first is not None else [],
-        gpu_cost=await user_gpu_cost(conn, user_id, window, prices or GpuPrices(), totals.duration_sum),
+        gpu_cost=user_gpu_cost(prices or GpuPrices(), gpu, totals.duration_sum),
     )
 
 
