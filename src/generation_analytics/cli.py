@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -249,7 +250,7 @@ COMMANDS: dict[str, Command] = {
         "model checkpoint comparison",
         _blocks(
             _columns("models", "model_checkpoint", "total_generations", "success_rate_pct", "avg_duration_ms",
-                     "p50_duration_ms", "p95_duration_ms", "p99_duration_ms"),
+                     "p50_duration_ms", "p95_duration_ms", "p99_duration_ms", "gpu_time_ms", "gpu_cost"),
             _model_changes,
         ),
         QUESTIONS["GetModelPerformance"],
@@ -305,9 +306,9 @@ COMMANDS: dict[str, Command] = {
         QUESTIONS["ListEvents"],
     ),
     "top-users": Command(
-        "users ranked by requests",
+        "users ranked by requests (or --order gpu_time)",
         _columns("users", "user_id", "total_requests", "successful_generations", "failed_generations",
-                 "avg_duration_ms", "last_generation_at"),
+                 "avg_duration_ms", "gpu_time_ms", "last_generation_at"),
         QUESTIONS["ListTopUsers"],
     ),
     "status": Command(
@@ -426,6 +427,66 @@ def _add_question_arguments(parser: argparse.ArgumentParser, question: type[Ques
             parser.add_argument(*flags, dest=f.name, choices=[w.value for w in kind], default=None)
         else:
             parser.add_argument(*flags, dest=f.name, type=kind, default=default)
+
+
+class Progress:
+    """One line on stderr, rewritten at most every `every_s`: rows so far and rows per second."""
+
+    def __init__(self, *, every_s: float = 0.5) -> None:
+        self.rows = 0
+        self._every_s = every_s
+        self._started = self._shown = time.monotonic()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        return f"exported {self.rows:,} rows ({self.rows / elapsed:,.0f} rows/s, {elapsed:.1f} s)"
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        if time.monotonic() - self._shown >= self._every_s:
+            self._shown = time.monotonic()
+            print("\r" + self.line(), end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        print("\r" + self.line(), file=sys.stderr, flush=True)
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Every event matching the filters, streamed by ExportEvents into a CSV, JSON Lines or Parquet file."""
+    from pathlib import Path
+
+    from generation_analytics.export import MissingPyarrow, flat_event, open_writer
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(QUESTIONS["ExportEvents"])}
+    if values["success"] is not None:
+        values["success"] = values["success"] == "true"
+    try:
+        build(QUESTIONS["ExportEvents"], **values)  # refuse bad filters before creating the file
+    except UnknownValue as exc:
+        raise CliError(f"--{exc.field.replace('_', '-')}: {exc}") from None
+    to_stdout = args.output == "-"
+    if to_stdout and args.format == "parquet":
+        raise CliError("--format parquet needs --output FILE (not stdout)")
+    path = Path(args.output)
+    progress = Progress()
+    with contextlib.ExitStack() as stack:
+        stream = None
+        if args.format != "parquet":
+            stream = sys.stdout if to_stdout else stack.enter_context(path.open("w", encoding="utf-8", newline=""))
+        try:
+            writer = open_writer(args.format, path, stream)
+        except MissingPyarrow as exc:
+            raise CliError(str(exc)) from None
+        client = stack.enter_context(_client(args))
+        try:
+            for batch in client.export_batches(timeout_s=args.timeout, **values):
+                rows = [flat_event(event) for event in batch.events]
+                writer.write(rows)
+                progress.add(len(rows))
+        finally:
+            writer.close()
+    progress.done()
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -549,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
         if command.question is not None:
             _add_question_arguments(client, command.question)
         client.set_defaults(func=_query)
+    export = sub.add_parser("export", help="every event matching ListEvents' filters, to a CSV, JSONL or Parquet file")
+    export.add_argument("--target", default=DEFAULT_TARGET, help="gRPC address (env GA_TARGET)")
+    export.add_argument("--timeout", type=float, default=None, help="seconds for the whole export (default: none)")
+    export.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
+    export.add_argument("--output", required=True, help="file to write (`-`: stdout, csv and jsonl only)")
+    _add_connection_arguments(export)
+    _add_question_arguments(export, QUESTIONS["ExportEvents"])
+    export.set_defaults(func=_export)
     aggregate = sub.choices["aggregate"]
     aggregate.add_argument("--start-hour", help="ISO time, UTC unless it says otherwise")
     aggregate.add_argument("--end-hour", help="ISO time, UTC unless it says otherwise")

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from generation_analytics.v1 import analytics_pb2
-from generation_analytics.vocabulary import EventType, Interval, Order, UnknownValue, Word
+from generation_analytics.vocabulary import EventType, Interval, Order, UnknownValue, UserOrder, Word
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,10 +86,9 @@ class PeakHoursQuestion(Question):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EventsQuestion(Question):
-    """ListEvents: filters ("" / None: any), the order, and paging."""
+class EventFilters(Question):
+    """The filters of raw events ("" / None: any), shared by ListEvents and ExportEvents."""
 
-    RPC = "ListEvents"
     DEFAULT_DAYS = 7
 
     user_id: str = ""
@@ -98,9 +97,28 @@ class EventsQuestion(Question):
     success: bool | None = None
     error_type: str = ""
     min_duration_ms: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventsQuestion(EventFilters):
+    """ListEvents: the filters, the order, and paging."""
+
+    RPC = "ListEvents"
+
     order: Order = Order.NEWEST
     page_size: int | None = None
     page_token: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportQuestion(EventFilters):
+    """ExportEvents: every event ListEvents lists for the same filters, newest first, streamed."""
+
+    RPC = "ExportEvents"
+
+    # An export is ListEvents' newest-first order over every page: the events ListEvents would list.
+    order: ClassVar[Order] = Order.NEWEST
+    page_token: ClassVar[str] = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +127,7 @@ class TopUsersQuestion(Question):
     DEFAULT_DAYS = 30
 
     limit: int | None = None
+    order: UserOrder = UserOrder.REQUESTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +167,7 @@ QUESTIONS: dict[str, type[Question]] = {
         TopUsersQuestion,
         CheckpointsQuestion,
         ErrorGroupsQuestion,
+        ExportQuestion,
     )
 }
 _SERVICE = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
@@ -239,7 +259,9 @@ __all__ = [
     "QUESTIONS",
     "CheckpointsQuestion",
     "ErrorGroupsQuestion",
+    "EventFilters",
     "EventsQuestion",
+    "ExportQuestion",
     "FailuresQuestion",
     "ModelsQuestion",
     "OverviewQuestion",

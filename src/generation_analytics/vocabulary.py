@@ -1,4 +1,4 @@
-"""The contract's words, defined once: event types, trend intervals and event orders.
+"""The contract's words, defined once: event types, trend intervals, event and user orders.
 
 Each is a StrEnum whose values are the names users see (the seed's JSON and SQL: "request", "hourly",
 "slowest"); each maps one-to-one onto a protobuf enum of the contract (EVENT_TYPE_REQUEST, ...), and
@@ -78,10 +78,18 @@ class Order(Word):
     SLOWEST = "slowest"
 
 
+class UserOrder(Word):
+    """The order of ListTopUsers: most requests, or most GPU time first."""
+
+    REQUESTS = "requests"
+    GPU_TIME = "gpu_time"
+
+
 PROTO_ENUMS: dict[type[Word], EnumDescriptor] = {
     EventType: events_pb2.EventType.DESCRIPTOR,
     Interval: analytics_pb2.Interval.DESCRIPTOR,
     Order: analytics_pb2.EventOrder.DESCRIPTOR,
+    UserOrder: analytics_pb2.UserOrder.DESCRIPTOR,
 }
 WORDS_BY_PROTO: dict[str, type[Word]] = {descriptor.full_name: cls for cls, descriptor in PROTO_ENUMS.items()}
 

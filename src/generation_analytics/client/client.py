@@ -43,6 +43,7 @@ RPC_METHODS = {
     "ListTopUsers": "top_users",
     "CompareCheckpoints": "compare_checkpoints",
     "ListErrorGroups": "error_groups",
+    "ExportEvents": "export_events",
     "GetPipelineStatus": "pipeline_status",
     "RunTransfer": "run_transfer",
     "RunAggregation": "run_aggregation",
@@ -278,8 +279,38 @@ class AnalyticsClient:
             if not token:
                 return
 
-    def top_users(self, days: int | None = None, limit: int | None = None) -> analytics_pb2.ListTopUsersResponse:
-        return self._ask("ListTopUsers", days=days, limit=limit)  # type: ignore[no-any-return]
+    def top_users(
+        self, days: int | None = None, limit: int | None = None, *, order: str = "requests"
+    ) -> analytics_pb2.ListTopUsersResponse:
+        """Users ranked by `order`: "requests" (the default) or "gpu_time"."""
+        return self._ask("ListTopUsers", days=days, limit=limit, order=order)  # type: ignore[no-any-return]
+
+    def export_batches(
+        self, *, timeout_s: float | None = None, **filters: Any
+    ) -> Iterator[analytics_pb2.ExportEventsResponse]:
+        """The messages of ExportEvents (a few thousand events each); see `export_events`."""
+        try:
+            question = build(QUESTIONS["ExportEvents"], **filters)
+        except UnknownValue as exc:
+            raise ValueError(f"{exc.field}: {exc}") from None
+        request: Any = to_request(question)
+        call: Any = self._analytics.ExportEvents(request, timeout=timeout_s, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise AnalyticsClientError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()  # a caller that stops early stops the server's read too (no-op once finished)
+
+    def export_events(self, *, timeout_s: float | None = None, **filters: Any) -> Iterator[events_pb2.StoredEvent]:
+        """Every event ListEvents lists for `filters` (all its pages), newest first, as one stream.
+
+        Filters are ListEvents' (days, user_id, model_checkpoint, event_type, success, error_type,
+        min_duration_ms); no deadline unless `timeout_s`. Not retried: a failure mid-way raises
+        AnalyticsClientError after the events already yielded. Stopping early cancels the call.
+        """
+        for batch in self.export_batches(timeout_s=timeout_s, **filters):
+            yield from batch.events
 
     # PipelineService
 

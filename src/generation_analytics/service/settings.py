@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -230,6 +231,70 @@ class RetentionSettings:
     batch_rows: int = 10_000
 
 
+@dataclass(frozen=True)
+class GpuPrices:
+    """A price per GPU hour for each checkpoint, `default` (the `*` entry) for any other and for events
+    without a checkpoint. Empty (no entries, no default): no price table, costs are not reported."""
+
+    by_checkpoint: Mapping[str, float] = field(default_factory=dict)
+    default: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.by_checkpoint) or self.default is not None
+
+    def price(self, checkpoint: str | None) -> float:
+        """Currency per GPU hour of `checkpoint` (0 when no price applies)."""
+        found = self.by_checkpoint.get(checkpoint) if checkpoint else None
+        if found is None:
+            found = self.default
+        return found or 0.0
+
+    def cost(self, checkpoint: str | None, gpu_time_ms: int) -> float:
+        return gpu_time_ms / MS_PER_HOUR * self.price(checkpoint)
+
+
+MS_PER_HOUR = 3_600_000
+
+
+def parse_gpu_prices(text: str, *, name: str = "GA_GPU_PRICES") -> GpuPrices:
+    """`sdxl-1.0=2.5,flux-dev=4.0,*=1.0` (currency per GPU hour; `*` = any other checkpoint) as GpuPrices.
+
+    Raises SettingsError for an entry without `=`, an empty or repeated checkpoint, or a price that is
+    not a finite number >= 0. Spaces around names and prices are ignored; an empty text is no table.
+    """
+    prices: dict[str, float] = {}
+    default: float | None = None
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        checkpoint, sep, raw = (piece.strip() for piece in entry.partition("="))
+        if not sep or not checkpoint:
+            raise SettingsError(f"{name}: {entry!r} is not CHECKPOINT=PRICE")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: price of {checkpoint!r} is not a number: {raw!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise SettingsError(f"{name}: price of {checkpoint!r} must be a finite number >= 0 (got {raw!r})")
+        if checkpoint in prices or (checkpoint == "*" and default is not None):
+            raise SettingsError(f"{name}: {checkpoint!r} is given twice")
+        if checkpoint == "*":
+            default = value
+        else:
+            prices[checkpoint] = value
+    return GpuPrices(prices, default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriceSettings:
+    """What GPU time costs: the text of GA_GPU_PRICES (checked by `load_settings`; see parse_gpu_prices)."""
+
+    gpu_prices: str = ""
+
+    @property
+    def table(self) -> GpuPrices:
+        return parse_gpu_prices(self.gpu_prices)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the service needs, built once by `load_settings`; each component receives its sections."""
@@ -244,6 +309,7 @@ class Settings:
     transfer: TransferSettings = field(default_factory=TransferSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    prices: PriceSettings = field(default_factory=PriceSettings)
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
 
@@ -287,6 +353,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_MAX_DELIVERIES": ("transfer", "max_deliveries"),
     "GA_AGGREGATION_BATCH_HOURS": ("aggregation", "batch_hours"),
     "GA_RETENTION_DAYS": ("retention", "days"),
+    "GA_GPU_PRICES": ("prices", "gpu_prices"),
     "GA_DATA_DIR": ("", "data_dir"),
     "GA_LOG_LEVEL": ("", "log_level"),
 }
@@ -343,6 +410,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("GA_TLS_CERT and GA_TLS_KEY go together")
     if result.tls.client_ca_file and not result.tls.cert_file:
         raise SettingsError("GA_TLS_CLIENT_CA (mTLS) needs GA_TLS_CERT and GA_TLS_KEY")
+    parse_gpu_prices(result.prices.gpu_prices)  # refuse a bad table at start, not at the first question
     return result
 
 
@@ -360,8 +428,10 @@ __all__ = [
     "ENVIRONMENT",
     "AggregationSettings",
     "AuthSettings",
+    "GpuPrices",
     "LimitSettings",
     "PostgresSettings",
+    "PriceSettings",
     "RedisSettings",
     "RetentionSettings",
     "ScheduleSettings",
@@ -372,4 +442,5 @@ __all__ = [
     "TransferSettings",
     "describe",
     "load_settings",
+    "parse_gpu_prices",
 ]

@@ -65,6 +65,30 @@ EVENT_ORDER_SLOWEST: EventOrder.ValueType  # 2
 """Longest duration_ms first (events without a duration are left out)."""
 Global___EventOrder: _TypeAlias = EventOrder  # noqa: Y015
 
+class _UserOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UserOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USER_ORDER_UNSPECIFIED: _UserOrder.ValueType  # 0
+    """Treated as USER_ORDER_REQUESTS."""
+    USER_ORDER_REQUESTS: _UserOrder.ValueType  # 1
+    """Most request events first."""
+    USER_ORDER_GPU_TIME: _UserOrder.ValueType  # 2
+    """Most GPU time (gpu_time_ms) first."""
+
+class UserOrder(_UserOrder, metaclass=_UserOrderEnumTypeWrapper):
+    """UserOrder of ListTopUsers results (descending, then by user_id)."""
+
+USER_ORDER_UNSPECIFIED: UserOrder.ValueType  # 0
+"""Treated as USER_ORDER_REQUESTS."""
+USER_ORDER_REQUESTS: UserOrder.ValueType  # 1
+"""Most request events first."""
+USER_ORDER_GPU_TIME: UserOrder.ValueType  # 2
+"""Most GPU time (gpu_time_ms) first."""
+Global___UserOrder: _TypeAlias = UserOrder  # noqa: Y015
+
 @_typing.final
 class GetOverviewRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -188,6 +212,8 @@ class GetOverviewResponse(_message.Message):
     WINDOW_END_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    GPU_TIME_MS_FIELD_NUMBER: _builtins.int
+    GPU_COST_FIELD_NUMBER: _builtins.int
     lookback_days: _builtins.int
     total_requests: _builtins.int
     successful_generations: _builtins.int
@@ -205,6 +231,10 @@ class GetOverviewResponse(_message.Message):
     max_queue_length: _builtins.int
     pending_events: _builtins.int
     """Events accepted but not yet in Postgres (stream backlog), so not yet counted here."""
+    gpu_time_ms: _builtins.int
+    """GPU time of the window's completions, successful and failed (see the service's comment)."""
+    gpu_cost: _builtins.float
+    """gpu_time_ms priced per checkpoint (GA_GPU_PRICES); unset without a price table."""
     @_builtins.property
     def data_as_of(self) -> _timestamp_pb2.Timestamp:
         """When the rollups this answer was read from were last brought up to date."""
@@ -246,12 +276,16 @@ class GetOverviewResponse(_message.Message):
         window_end: _timestamp_pb2.Timestamp | None = ...,
         previous: Global___GetOverviewResponse | None = ...,
         changes: _abc.Iterable[Global___MetricChange] | None = ...,
+        gpu_time_ms: _builtins.int = ...,
+        gpu_cost: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data_as_of", b"data_as_of", "previous", b"previous", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost", "data_as_of", b"data_as_of", "gpu_cost", b"gpu_cost", "previous", b"previous", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "avg_queue_length", b"avg_queue_length", "cancelled_generations", b"cancelled_generations", "changes", b"changes", "data_as_of", b"data_as_of", "failed_generations", b"failed_generations", "lookback_days", b"lookback_days", "max_queue_length", b"max_queue_length", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "pending_events", b"pending_events", "previous", b"previous", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_images_generated", b"total_images_generated", "total_requests", b"total_requests", "unique_users", b"unique_users", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost", "avg_duration_ms", b"avg_duration_ms", "avg_queue_length", b"avg_queue_length", "cancelled_generations", b"cancelled_generations", "changes", b"changes", "data_as_of", b"data_as_of", "failed_generations", b"failed_generations", "gpu_cost", b"gpu_cost", "gpu_time_ms", b"gpu_time_ms", "lookback_days", b"lookback_days", "max_queue_length", b"max_queue_length", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "pending_events", b"pending_events", "previous", b"previous", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_images_generated", b"total_images_generated", "total_requests", b"total_requests", "unique_users", b"unique_users", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gpu_cost: _TypeAlias = _typing.Literal["gpu_cost"]  # noqa: Y015
+    _WhichOneofArgType__gpu_cost: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_cost) -> _WhichOneofReturnType__gpu_cost | None: ...
 
 Global___GetOverviewResponse: _TypeAlias = GetOverviewResponse  # noqa: Y015
 
@@ -493,6 +527,8 @@ class GetUserAnalyticsResponse(_message.Message):
     OTHER_FAILURES_FIELD_NUMBER: _builtins.int
     TOTAL_MODELS_FIELD_NUMBER: _builtins.int
     OTHER_MODEL_USES_FIELD_NUMBER: _builtins.int
+    GPU_TIME_MS_FIELD_NUMBER: _builtins.int
+    GPU_COST_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     lookback_days: _builtins.int
     total_requests: _builtins.int
@@ -510,6 +546,10 @@ class GetUserAnalyticsResponse(_message.Message):
     total_models: _builtins.int
     """Distinct checkpoints the user's events named, and the events naming those beyond the list."""
     other_model_uses: _builtins.int
+    gpu_time_ms: _builtins.int
+    """GPU time of the user's completions, successful and failed."""
+    gpu_cost: _builtins.float
+    """gpu_time_ms priced per checkpoint (GA_GPU_PRICES); unset without a price table."""
     @_builtins.property
     def first_generation_at(self) -> _timestamp_pb2.Timestamp:
         """First and last event of the user in the window; unset when there is none."""
@@ -551,12 +591,16 @@ class GetUserAnalyticsResponse(_message.Message):
         other_failures: _builtins.int = ...,
         total_models: _builtins.int = ...,
         other_model_uses: _builtins.int = ...,
+        gpu_time_ms: _builtins.int = ...,
+        gpu_cost: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_generation_at", b"first_generation_at", "last_generation_at", b"last_generation_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost", "first_generation_at", b"first_generation_at", "gpu_cost", b"gpu_cost", "last_generation_at", b"last_generation_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "cancelled_generations", b"cancelled_generations", "failed_generations", b"failed_generations", "failure_breakdown", b"failure_breakdown", "first_generation_at", b"first_generation_at", "last_generation_at", b"last_generation_at", "lookback_days", b"lookback_days", "models_used", b"models_used", "other_failures", b"other_failures", "other_model_uses", b"other_model_uses", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "recent_activity", b"recent_activity", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_error_types", b"total_error_types", "total_images_generated", b"total_images_generated", "total_models", b"total_models", "total_requests", b"total_requests", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost", "avg_duration_ms", b"avg_duration_ms", "cancelled_generations", b"cancelled_generations", "failed_generations", b"failed_generations", "failure_breakdown", b"failure_breakdown", "first_generation_at", b"first_generation_at", "gpu_cost", b"gpu_cost", "gpu_time_ms", b"gpu_time_ms", "last_generation_at", b"last_generation_at", "lookback_days", b"lookback_days", "models_used", b"models_used", "other_failures", b"other_failures", "other_model_uses", b"other_model_uses", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "recent_activity", b"recent_activity", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_error_types", b"total_error_types", "total_images_generated", b"total_images_generated", "total_models", b"total_models", "total_requests", b"total_requests", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gpu_cost: _TypeAlias = _typing.Literal["gpu_cost"]  # noqa: Y015
+    _WhichOneofArgType__gpu_cost: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_cost) -> _WhichOneofReturnType__gpu_cost | None: ...
 
 Global___GetUserAnalyticsResponse: _TypeAlias = GetUserAnalyticsResponse  # noqa: Y015
 
@@ -615,6 +659,8 @@ class ModelPerformance(_message.Message):
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    GPU_TIME_MS_FIELD_NUMBER: _builtins.int
+    GPU_COST_FIELD_NUMBER: _builtins.int
     model_checkpoint: _builtins.str
     total_generations: _builtins.int
     """Completion events (successful + failed)."""
@@ -626,6 +672,12 @@ class ModelPerformance(_message.Message):
     p95_duration_ms: _builtins.float
     p99_duration_ms: _builtins.float
     total_images_generated: _builtins.int
+    gpu_time_ms: _builtins.int
+    """GPU time of the checkpoint's completions, successful and failed."""
+    gpu_cost: _builtins.float
+    """gpu_time_ms at the checkpoint's price (GA_GPU_PRICES; for `others`, each checkpoint at its own);
+    unset without a price table.
+    """
     @_builtins.property
     def last_used_at(self) -> _timestamp_pb2.Timestamp:
         """Unset when the checkpoint has no event in the window."""
@@ -656,12 +708,16 @@ class ModelPerformance(_message.Message):
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
         previous: Global___ModelPerformance | None = ...,
         changes: _abc.Iterable[Global___MetricChange] | None = ...,
+        gpu_time_ms: _builtins.int = ...,
+        gpu_cost: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_used_at", b"last_used_at", "previous", b"previous"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost", "gpu_cost", b"gpu_cost", "last_used_at", b"last_used_at", "previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "changes", b"changes", "failed_generations", b"failed_generations", "last_used_at", b"last_used_at", "model_checkpoint", b"model_checkpoint", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "previous", b"previous", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_generations", b"total_generations", "total_images_generated", b"total_images_generated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost", "avg_duration_ms", b"avg_duration_ms", "changes", b"changes", "failed_generations", b"failed_generations", "gpu_cost", b"gpu_cost", "gpu_time_ms", b"gpu_time_ms", "last_used_at", b"last_used_at", "model_checkpoint", b"model_checkpoint", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p99_duration_ms", b"p99_duration_ms", "previous", b"previous", "success_rate_pct", b"success_rate_pct", "successful_generations", b"successful_generations", "total_generations", b"total_generations", "total_images_generated", b"total_images_generated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gpu_cost: _TypeAlias = _typing.Literal["gpu_cost"]  # noqa: Y015
+    _WhichOneofArgType__gpu_cost: _TypeAlias = _typing.Literal["_gpu_cost", b"_gpu_cost"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpu_cost) -> _WhichOneofReturnType__gpu_cost | None: ...
 
 Global___ModelPerformance: _TypeAlias = ModelPerformance  # noqa: Y015
 
@@ -1165,17 +1221,21 @@ class ListTopUsersRequest(_message.Message):
 
     DAYS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     days: _builtins.int
     limit: _builtins.int
+    order: Global___UserOrder.ValueType
+    """What users are ranked by (unspecified: requests)."""
     def __init__(
         self,
         *,
         days: _builtins.int | None = ...,
         limit: _builtins.int | None = ...,
+        order: Global___UserOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_limit", b"_limit", "days", b"days", "limit", b"limit", "order", b"order"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
@@ -1200,11 +1260,14 @@ class TopUser(_message.Message):
     FAILED_GENERATIONS_FIELD_NUMBER: _builtins.int
     AVG_DURATION_MS_FIELD_NUMBER: _builtins.int
     LAST_GENERATION_AT_FIELD_NUMBER: _builtins.int
+    GPU_TIME_MS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     total_requests: _builtins.int
     successful_generations: _builtins.int
     failed_generations: _builtins.int
     avg_duration_ms: _builtins.float
+    gpu_time_ms: _builtins.int
+    """GPU time of the user's completions, successful and failed."""
     @_builtins.property
     def last_generation_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1216,10 +1279,11 @@ class TopUser(_message.Message):
         failed_generations: _builtins.int = ...,
         avg_duration_ms: _builtins.float = ...,
         last_generation_at: _timestamp_pb2.Timestamp | None = ...,
+        gpu_time_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_generation_at", b"last_generation_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "failed_generations", b"failed_generations", "last_generation_at", b"last_generation_at", "successful_generations", b"successful_generations", "total_requests", b"total_requests", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_duration_ms", b"avg_duration_ms", "failed_generations", b"failed_generations", "gpu_time_ms", b"gpu_time_ms", "last_generation_at", b"last_generation_at", "successful_generations", b"successful_generations", "total_requests", b"total_requests", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1234,7 +1298,7 @@ class ListTopUsersResponse(_message.Message):
     lookback_days: _builtins.int
     @_builtins.property
     def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUser]:
-        """Ordered by total_requests, descending."""
+        """Ordered by the request's `order` (total_requests or gpu_time_ms), descending, then by user_id."""
 
     def __init__(
         self,
@@ -1505,3 +1569,77 @@ class ListErrorGroupsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListErrorGroupsResponse: _TypeAlias = ListErrorGroupsResponse  # noqa: Y015
+
+@_typing.final
+class ExportEventsRequest(_message.Message):
+    """ExportEventsRequest takes ListEvents' filters (days 1..365, default 7; "" or unset: any)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MODEL_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    MIN_DURATION_MS_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    user_id: _builtins.str
+    model_checkpoint: _builtins.str
+    event_type: _events_pb2.EventType.ValueType
+    success: _builtins.bool
+    error_type: _builtins.str
+    min_duration_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        days: _builtins.int | None = ...,
+        user_id: _builtins.str = ...,
+        model_checkpoint: _builtins.str = ...,
+        event_type: _events_pb2.EventType.ValueType = ...,
+        success: _builtins.bool | None = ...,
+        error_type: _builtins.str = ...,
+        min_duration_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_min_duration_ms", b"_min_duration_ms", "_success", b"_success", "days", b"days", "min_duration_ms", b"min_duration_ms", "success", b"success"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_min_duration_ms", b"_min_duration_ms", "_success", b"_success", "days", b"days", "error_type", b"error_type", "event_type", b"event_type", "min_duration_ms", b"min_duration_ms", "model_checkpoint", b"model_checkpoint", "success", b"success", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
+    _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
+    _WhichOneofReturnType__min_duration_ms: _TypeAlias = _typing.Literal["min_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__min_duration_ms: _TypeAlias = _typing.Literal["_min_duration_ms", b"_min_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__success: _TypeAlias = _typing.Literal["success"]  # noqa: Y015
+    _WhichOneofArgType__success: _TypeAlias = _typing.Literal["_success", b"_success"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_duration_ms) -> _WhichOneofReturnType__min_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__success) -> _WhichOneofReturnType__success | None: ...
+
+Global___ExportEventsRequest: _TypeAlias = ExportEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportEventsResponse(_message.Message):
+    """ExportEventsResponse is one batch of the export (at most 2,000 events, and about 1 MiB at most unless
+    one event is larger), in export order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.StoredEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_events_pb2.StoredEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventsResponse: _TypeAlias = ExportEventsResponse  # noqa: Y015

@@ -50,6 +50,13 @@ class AnalyticsServiceStub:
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     def __init__(self, channel):
@@ -108,6 +115,11 @@ class AnalyticsServiceStub:
                 request_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsRequest.SerializeToString,
                 response_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsResponse.FromString,
                 _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/generation_analytics.v1.AnalyticsService/ExportEvents',
+                request_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ExportEventsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -135,6 +147,13 @@ class AnalyticsServiceServicer:
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     def GetOverview(self, request, context):
@@ -191,7 +210,8 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTopUsers(self, request, context):
-        """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20).
+        """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+        default 20).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +228,16 @@ class AnalyticsServiceServicer:
     def ListErrorGroups(self, request, context):
         """ListErrorGroups pages through the error groups of the window's failed completions, most failures
         first (days 1..365, default 7; page_size 1..1000, default 50).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+        same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+        about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+        client that cancels stops the read. Filters are checked before the first message is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +296,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     request_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsRequest.FromString,
                     response_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsResponse.SerializeToString,
             ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=generation__analytics_dot_v1_dot_analytics__pb2.ExportEventsRequest.FromString,
+                    response_serializer=generation__analytics_dot_v1_dot_analytics__pb2.ExportEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'generation_analytics.v1.AnalyticsService', rpc_method_handlers)
@@ -299,6 +334,13 @@ class AnalyticsService:
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     @staticmethod
@@ -561,6 +603,33 @@ class AnalyticsService:
             '/generation_analytics.v1.AnalyticsService/ListErrorGroups',
             generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsRequest.SerializeToString,
             generation__analytics_dot_v1_dot_analytics__pb2.ListErrorGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/generation_analytics.v1.AnalyticsService/ExportEvents',
+            generation__analytics_dot_v1_dot_analytics__pb2.ExportEventsRequest.SerializeToString,
+            generation__analytics_dot_v1_dot_analytics__pb2.ExportEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

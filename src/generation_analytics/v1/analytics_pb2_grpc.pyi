@@ -51,6 +51,13 @@ class AnalyticsServiceStub:
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     @_typing.overload
@@ -80,7 +87,9 @@ class AnalyticsServiceStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListEventsRequest, _analytics_pb2.ListEventsResponse]
     """ListEvents pages through raw events, newest or slowest first (days 1..365, default 7)."""
     ListTopUsers: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListTopUsersRequest, _analytics_pb2.ListTopUsersResponse]
-    """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+    """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+    default 20).
+    """
     CompareCheckpoints: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]
     """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
     "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
@@ -88,6 +97,12 @@ class AnalyticsServiceStub:
     ListErrorGroups: _grpc.UnaryUnaryMultiCallable[_analytics_pb2.ListErrorGroupsRequest, _analytics_pb2.ListErrorGroupsResponse]
     """ListErrorGroups pages through the error groups of the window's failed completions, most failures
     first (days 1..365, default 7; page_size 1..1000, default 50).
+    """
+    ExportEvents: _grpc.UnaryStreamMultiCallable[_analytics_pb2.ExportEventsRequest, _analytics_pb2.ExportEventsResponse]
+    """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+    same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+    about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+    client that cancels stops the read. Filters are checked before the first message is sent.
     """
 
 @_typing.type_check_only
@@ -116,6 +131,13 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -142,7 +164,9 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListEventsRequest, _analytics_pb2.ListEventsResponse]  # type: ignore[assignment]
     """ListEvents pages through raw events, newest or slowest first (days 1..365, default 7)."""
     ListTopUsers: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListTopUsersRequest, _analytics_pb2.ListTopUsersResponse]  # type: ignore[assignment]
-    """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+    """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+    default 20).
+    """
     CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_analytics_pb2.CompareCheckpointsRequest, _analytics_pb2.CompareCheckpointsResponse]  # type: ignore[assignment]
     """CompareCheckpoints sets two checkpoints side by side over one window (days 1..365, default 7):
     "is sdxl-1.1 slower than sdxl-1.0?". A checkpoint without events in the window answers zeros.
@@ -150,6 +174,12 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     ListErrorGroups: _aio.UnaryUnaryMultiCallable[_analytics_pb2.ListErrorGroupsRequest, _analytics_pb2.ListErrorGroupsResponse]  # type: ignore[assignment]
     """ListErrorGroups pages through the error groups of the window's failed completions, most failures
     first (days 1..365, default 7; page_size 1..1000, default 50).
+    """
+    ExportEvents: _aio.UnaryStreamMultiCallable[_analytics_pb2.ExportEventsRequest, _analytics_pb2.ExportEventsResponse]  # type: ignore[assignment]
+    """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+    same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+    about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+    client that cancels stops the read. Filters are checked before the first message is sent.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -177,6 +207,13 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     answer then also carries the previous equal window (the same number of hours, ending where the window
     starts) and a list of MetricChange. CompareCheckpoints sets two checkpoints side by side over one
     window with the same MetricChange list. MetricChange documents when a change is `significant`.
+
+    GPU time. `gpu_time_ms` is the sum of duration_ms over completion events, successful and failed
+    alike (both held a GPU); a completion without a duration_ms counts 0. It is exact (summed from the
+    rollups). `gpu_cost` turns it into money with the service's price table (setting GA_GPU_PRICES:
+    currency per GPU hour per checkpoint, `*` for any other checkpoint and for events without one):
+    cost = gpu_time_ms / 3,600,000 x price. GPU time no price applies to costs 0; with no price table
+    at all `gpu_cost` is unset.
     """
 
     @_abc_1.abstractmethod
@@ -249,7 +286,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_pb2.ListTopUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_pb2.ListTopUsersResponse, _abc.Awaitable[_analytics_pb2.ListTopUsersResponse]]:
-        """ListTopUsers ranks users by requests (days 1..365, default 30; limit 1..1000, default 20)."""
+        """ListTopUsers ranks users by requests or by GPU time (days 1..365, default 30; limit 1..1000,
+        default 20).
+        """
 
     @_abc_1.abstractmethod
     def CompareCheckpoints(
@@ -269,6 +308,18 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_pb2.ListErrorGroupsResponse, _abc.Awaitable[_analytics_pb2.ListErrorGroupsResponse]]:
         """ListErrorGroups pages through the error groups of the window's failed completions, most failures
         first (days 1..365, default 7; page_size 1..1000, default 50).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEvents(
+        self,
+        request: _analytics_pb2.ExportEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_analytics_pb2.ExportEventsResponse], _abc.AsyncIterator[_analytics_pb2.ExportEventsResponse]]:
+        """ExportEvents streams every event ListEvents would list for the same filters (all its pages), in the
+        same order: newest timestamp first (then highest id). Messages carry up to 2,000 events and
+        about 1 MiB each. The server reads with a database cursor, so its memory stays flat whatever the count; a
+        client that cancels stops the read. Filters are checked before the first message is sent.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,14 +41,24 @@ def from_timestamp(ts: Timestamp, field: str) -> datetime:
         raise InvalidArgument(field, f"not a valid timestamp ({exc})") from None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EVENT_TYPE_NUMBERS = {word.value: word.to_proto() for word in EventType}
+
+
+def _timestamp_fast(moment: datetime) -> Timestamp:
+    """`timestamp` for an aware datetime, without FromDatetime's checks (exports build millions)."""
+    delta = moment - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
+
+
 def stored_event(record: EventRecord) -> events_pb2.StoredEvent:
     """A generation_events row as a StoredEvent (NULL columns leave fields unset)."""
     event = events_pb2.GenerationEvent(
         event_id=record.event_id,
-        event_type=cast("events_pb2.EventType.ValueType", EventType(record.event_type).to_proto()),
+        event_type=cast("events_pb2.EventType.ValueType", _EVENT_TYPE_NUMBERS[record.event_type]),
         generation_id=record.generation_id,
         user_id=record.user_id,
-        timestamp=timestamp(record.timestamp),
+        timestamp=_timestamp_fast(record.timestamp),
         error_type=record.error_type or "",
         error_message=record.error_message or "",
         model_checkpoint=record.model_checkpoint or "",
@@ -62,7 +72,7 @@ def stored_event(record: EventRecord) -> events_pb2.StoredEvent:
     if record.image_width is not None or record.image_height is not None:
         event.image_dimensions.width = record.image_width or 0
         event.image_dimensions.height = record.image_height or 0
-    return events_pb2.StoredEvent(id=record.id, created_at=timestamp(record.created_at), event=event)
+    return events_pb2.StoredEvent(id=record.id, created_at=_timestamp_fast(record.created_at), event=event)
 
 
 _OPTIONAL_EVENT_FIELDS = (

@@ -17,6 +17,11 @@ over `MAX_URL_BYTES` answers 414 `URI_TOO_LONG`, a header over `MAX_HEADER_BYTES
 so those requests reach `limit_sizes`; beyond them aiohttp answers its own plain-text 400, which is
 logged as one INFO line rather than an ERROR with a traceback (`QuietParserErrors`).
 
+`…/events.csv` is ExportEvents as CSV (generation_analytics.export's columns), streamed in chunks as
+the database cursor is read, so its memory stays one batch whatever the count. Bad filters answer 400
+as above, and so does a failure before the first row; a failure later can no longer change the status,
+so the connection is cut instead of ending the body (the file is visibly incomplete, never silently short).
+
 `/healthz` is liveness (200 while the process serves); `/readyz` is readiness: 200 when Redis and
 Postgres both answer, else 503, with which of them is down (`health.py`). Both are open without a key.
 
@@ -26,12 +31,13 @@ paths for every figure, with the reader's key; the files are open, the data path
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +47,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from generation_analytics.export import csv_text, record_row
 from generation_analytics.jsonify import to_jsonable
 from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, field_type
 from generation_analytics.service.api.auth import KeyCache, bearer, http_requirement
@@ -225,6 +232,7 @@ ROUTES: dict[str, str] = {
     "/events": "ListEvents",
     "/models/compare": "CompareCheckpoints",
     "/errors/groups": "ListErrorGroups",
+    "/events.csv": "ExportEvents",
 }
 _ANALYTICS = analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
 
@@ -233,18 +241,52 @@ def asking(queries: AnalyticsQueries, path: str, question: type[Question]) -> Ha
     """The handler of a path: query string (and path) -> question -> answer -> JSON."""
     in_path = frozenset(re.findall(r"{(\w+)}", path))
     in_query = frozenset(f.name for f in dataclasses.fields(question)) - in_path
-    response_cls = GetMessageClass(_ANALYTICS.methods_by_name[question.RPC].output_type)
+    method = _ANALYTICS.methods_by_name[question.RPC]
+    response_cls = GetMessageClass(method.output_type)
 
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         params = Params(request, in_query)
         values = {name: params.value(name, field_type(question, name)) for name in in_query}
         try:
             asked = build(question, **values, **request.match_info)
         except UnknownValue as exc:
             raise InvalidArgument(exc.field, str(exc)) from None
-        return _reply(to_message(await queries.answer(asked), response_cls))
+        answer = await queries.answer(asked)
+        if method.server_streaming:
+            return await stream_csv(request, answer)
+        return _reply(to_message(answer, response_cls))
 
     return handler
+
+
+async def stream_csv(request: web.Request, batches: AsyncGenerator[Any, None]) -> web.StreamResponse:
+    """Batches of database rows (`.events`) as one chunked CSV body, a batch in memory at a time."""
+    async with contextlib.aclosing(batches):
+        first = await anext(batches, None)  # a failure to start still answers a JSON status
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": 'attachment; filename="events.csv"',
+            }
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            await response.write(csv_text([], header=True).encode())
+            batch = first
+            while batch is not None:
+                await response.write(csv_text(record_row(row) for row in batch.events).encode())
+                batch = await anext(batches, None)
+        except ConnectionError:  # the client went away: stop reading (aclosing closes the cursor)
+            log.info("%s: the client closed the connection during the export", request.path)
+            return response
+        except Exception as exc:
+            public_error(exc, f"{request.method} {request.path}")  # logged, with an error id
+            if request.transport is not None:
+                request.transport.close()  # cut: an incomplete chunked body, not a short file that looks whole
+            return response
+        await response.write_eof()
+    return response
 
 
 def build_app(runtime: Runtime) -> web.Application:

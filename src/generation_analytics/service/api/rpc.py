@@ -7,14 +7,15 @@ also carries the offending field in the `ga-field` trailing metadata so clients 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import psycopg
@@ -73,6 +74,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+StreamHandler = Callable[[Any, Request, Context], AsyncGenerator[Response, None]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     for method in service.methods:
         request_cls = GetMessageClass(method.input_type)
         response_cls = GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=lenient_deserializer(request_cls),
             response_serializer=response_cls.SerializeToString,
@@ -145,6 +148,25 @@ def public_error(exc: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
     return code, f"{base} (error id {error_id})"
 
 
+def _decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument("request", f"not a valid {request.message}: {request.reason}")
+
+
+async def _abort(context: Context, exc: Exception, where: str) -> NoReturn:
+    """End the call with the status `exc` maps to (the field of an INVALID_ARGUMENT in the metadata)."""
+    code, message = public_error(exc, where)
+    metadata = ((FIELD_METADATA_KEY, exc.field),) if isinstance(exc, InvalidArgument) else ()
+    await context.abort(code, message, metadata)
+    raise AssertionError("unreachable: abort raises")
+
+
+def _observe(servicer: Any, method: str, code: grpc.StatusCode, started: float) -> None:
+    metrics: ServiceMetrics | None = getattr(servicer, "metrics", None)
+    if metrics is not None:
+        _duration_histogram(metrics, method, code).observe(time.perf_counter() - started)
+
+
 def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turn the service's exceptions into gRPC statuses for one servicer method."""
 
@@ -153,21 +175,42 @@ def grpc_errors(method: Handler[Request, Response]) -> Handler[Request, Response
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            if isinstance(request, Undecodable):
-                raise InvalidArgument("request", f"not a valid {request.message}: {request.reason}")
+            _decoded(request)
             return await method(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:  # every failure becomes a status here, and only here
-            code, message = public_error(exc, method.__name__)
-            metadata = ((FIELD_METADATA_KEY, exc.field),) if isinstance(exc, InvalidArgument) else ()
-            await context.abort(code, message, metadata)
-            raise  # unreachable: abort raises
+            code = status_for(exc)
+            await _abort(context, exc, method.__name__)
         finally:
-            metrics: ServiceMetrics | None = getattr(self, "metrics", None)
-            if metrics is not None:
-                _duration_histogram(metrics, method.__name__, code).observe(time.perf_counter() - started)
+            _observe(self, method.__name__, code, started)
+
+    return wrapper
+
+
+def grpc_stream_errors(method: StreamHandler[Request, Response]) -> StreamHandler[Request, Response]:
+    """`grpc_errors` for a server-streaming method (an async generator): a failure before or between
+    messages ends the stream with its status. A client that cancels cancels the generator, which is
+    closed at once (its database cursor with it)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Request, context: Context) -> AsyncGenerator[Response, None]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            _decoded(request)
+            async with contextlib.aclosing(method(self, request, context)) as messages:
+                async for message in messages:
+                    yield message
+        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # mapped as in grpc_errors
+            code = status_for(exc)
+            await _abort(context, exc, method.__name__)
+        finally:
+            _observe(self, method.__name__, code, started)
 
     return wrapper
 
@@ -290,6 +333,21 @@ def _answering(rpc: str) -> Handler[Message, Message]:
     return grpc_errors(method)
 
 
+def _streaming(rpc: str) -> StreamHandler[Message, Message]:
+    """The servicer method of a server-streaming RPC: request -> question -> answers -> one message each."""
+    question_cls = QUESTIONS[rpc]
+    response_cls = GetMessageClass(_ANALYTICS.methods_by_name[rpc].output_type)
+
+    async def method(self: AnalyticsServicer, request: Message, context: Context) -> AsyncGenerator[Message, None]:
+        answers = await self.queries.answer(to_question(question_cls, request))
+        async with contextlib.aclosing(answers):
+            async for answer in answers:
+                yield to_message(answer, response_cls)
+
+    method.__name__ = method.__qualname__ = rpc
+    return grpc_stream_errors(method)
+
+
 class AnalyticsServicer:
     """AnalyticsService: every RPC is one question of `generation_analytics.questions`, answered by
     `AnalyticsQueries`; its methods are made from the service descriptor, so none can be forgotten."""
@@ -300,4 +358,5 @@ class AnalyticsServicer:
 
 
 for _rpc in QUESTIONS:
-    setattr(AnalyticsServicer, _rpc, _answering(_rpc))
+    _streams = _ANALYTICS.methods_by_name[_rpc].server_streaming
+    setattr(AnalyticsServicer, _rpc, _streaming(_rpc) if _streams else _answering(_rpc))

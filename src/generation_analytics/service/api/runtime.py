@@ -59,7 +59,7 @@ class Runtime:
         pipeline = Pipeline.of(settings, observe=metrics.observe_job)
         if settings.schedule.enabled:
             pipeline.start_schedule()
-        queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys)
+        queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys, prices=settings.prices.table)
         runtime = cls(
             settings=settings,
             keys=keys,

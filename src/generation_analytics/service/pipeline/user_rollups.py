@@ -43,7 +43,7 @@ def _list(names: tuple[str, ...], prefix: str = "") -> str:
 # Every column of a user-hour row that is computed from events (the running totals are derived).
 COMPUTED = (
     *ADDITIVE, "total_images_generated", "first_event_at", "last_event_at", "error_counts", "model_counts",
-    "duration_hist",
+    "duration_hist", "model_gpu_ms",
 )  # fmt: skip
 CREATE_OLD_USER_HOURS = f"""
 CREATE TEMP TABLE old_user_hours ON COMMIT DROP AS
@@ -75,19 +75,26 @@ SELECT uid, hour, {MONTH_OF_HOUR} AS month, user_id,
        END AS error_counts,
        CASE WHEN count(bucket) = 0 THEN ''::bytea
             WHEN min(bucket) = max(bucket) THEN int2send(min(bucket)::int2) || int4send(count(bucket)::int4)
-       END AS duration_hist
+       END AS duration_hist,
+       CASE WHEN count(model_checkpoint) FILTER (WHERE bucket IS NOT NULL) = 0 THEN '{{}}'::jsonb
+            WHEN min(model_checkpoint) FILTER (WHERE bucket IS NOT NULL)
+                 = max(model_checkpoint) FILTER (WHERE bucket IS NOT NULL)
+                THEN jsonb_build_object(
+                    min(model_checkpoint) FILTER (WHERE bucket IS NOT NULL),
+                    sum(duration_ms) FILTER (WHERE bucket IS NOT NULL AND model_checkpoint IS NOT NULL))
+       END AS model_gpu_ms
 FROM agg_events GROUP BY uid, hour, user_id
 """
 
 
-def _fill(column: str, key: str, only: str, combine: str) -> str:
-    """Fill in `column` where the one-pass CASE left it NULL: count the user-hour's events per `key`
-    (those matching `only`) and `combine` the (key, k) counts."""
+def _fill(column: str, key: str, only: str, combine: str, per_key: str = "count(*)") -> str:
+    """Fill in `column` where the one-pass CASE left it NULL: count (or `per_key`) the user-hour's events
+    per `key` (those matching `only`) and `combine` the (key, k) figures."""
     return f"""
 UPDATE new_user_hours AS n SET {column} = c.value
 FROM (
     SELECT uid, hour, {combine} AS value
-    FROM (SELECT e.uid, e.hour, e.{key}, count(*) AS k
+    FROM (SELECT e.uid, e.hour, e.{key}, {per_key} AS k
           FROM agg_events AS e JOIN new_user_hours AS n USING (uid, hour)
           WHERE n.{column} IS NULL AND {only} GROUP BY 1, 2, 3) AS per_key
     GROUP BY 1, 2
@@ -104,6 +111,10 @@ FILLS = (
     _fill(
         "duration_hist", "bucket", "e.bucket IS NOT NULL",
         "string_agg(int2send(bucket::int2) || int4send(k::int4), ''::bytea ORDER BY bucket)",
+    ),
+    _fill(
+        "model_gpu_ms", "model_checkpoint", "e.model_checkpoint IS NOT NULL AND e.bucket IS NOT NULL",
+        "jsonb_object_agg(model_checkpoint, k)", per_key="sum(e.duration_ms)",
     ),
 )  # fmt: skip
 

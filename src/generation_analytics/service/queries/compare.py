@@ -21,6 +21,7 @@ from generation_analytics.service.queries.models import (
 )
 from generation_analytics.service.queries.significance import MetricChange
 from generation_analytics.service.queries.window import Window, text_filter
+from generation_analytics.service.settings import GpuPrices
 
 
 @dataclass
@@ -41,15 +42,19 @@ def checkpoint_name(value: str, field: str) -> str:
     return name
 
 
-async def compare_checkpoints(conn: AsyncConnection[Any], window: Window, a: str, b: str) -> CheckpointComparison:
+async def compare_checkpoints(
+    conn: AsyncConnection[Any], window: Window, a: str, b: str, *, prices: GpuPrices | None = None
+) -> CheckpointComparison:
     """Checkpoint b against checkpoint a (the baseline) over the window; unknown checkpoints answer zeros."""
+    prices = prices or GpuPrices()
     async with conn.cursor(row_factory=dict_row) as cur:
         rows, hists = await keyed_models(cur, window, [a, b])
     sides = []
     for name in (a, b):
         row = rows.get(name)
         totals = model_totals(row, hists.get(name, []))
-        sides.append((performance(name, totals, row["last_used_at"] if row else None), totals))
+        cost = prices.cost(name, totals.duration_sum) if prices.configured else None
+        sides.append((performance(name, totals, row["last_used_at"] if row else None, cost), totals))
     (first, first_totals), (second, second_totals) = sides
     # Same window, same exposure: counts are compared as they are.
     hours = (window.elapsed_hours, window.elapsed_hours)

@@ -1,8 +1,9 @@
-"""Raw events: ListEvents with filters and keyset pagination, and a user's recent activity."""
+"""Raw events: ListEvents with filters and keyset pagination, ExportEvents (the same events through a
+server-side cursor), and a user's recent activity."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.rows import class_row
 
-from generation_analytics.questions import EventsQuestion
+from generation_analytics.questions import EventsQuestion, ExportQuestion
 from generation_analytics.service.queries.page_tokens import PageTokens, checked_int
 from generation_analytics.service.queries.window import Window
 from generation_analytics.vocabulary import EventType, Order, Word
@@ -110,9 +111,10 @@ def _position(filters: EventsQuestion) -> Callable[[dict[str, Any], Window], tup
 
 
 def events_query(
-    window: Window, filters: EventsQuestion, *, page_size: int, key: Any = None, key_id: int = 0
+    window: Window, filters: EventsQuestion | ExportQuestion, *, page_size: int | None, key: Any = None, key_id: int = 0
 ) -> tuple[sql.Composed, dict[str, Any]]:
-    """The statement and parameters of one ListEvents page (also EXPLAINed by bench.list_events_matrix)."""
+    """The statement and parameters of one ListEvents page (also EXPLAINed by bench.list_events_matrix),
+    or with `page_size` None of every page at once (an export: no LIMIT)."""
     params: dict[str, Any] = {}
     for name in _FILTER_CLAUSES:
         value = getattr(filters, name)
@@ -123,10 +125,15 @@ def events_query(
     conditions += [sql.SQL(clause) for name, clause in _FILTER_CLAUSES.items() if name in params]
     if filters.page_token:
         conditions.append(sql.SQL(keyset_condition))
-    query = sql.SQL("SELECT {columns} FROM generation_events WHERE {where} ORDER BY {order} LIMIT %(limit)s").format(
-        columns=EVENT_COLUMNS, where=sql.SQL(" AND ").join(conditions), order=sql.SQL(order_by)
+    query = sql.SQL("SELECT {columns} FROM generation_events WHERE {where} ORDER BY {order} {limit}").format(
+        columns=EVENT_COLUMNS,
+        where=sql.SQL(" AND ").join(conditions),
+        order=sql.SQL(order_by),
+        limit=sql.SQL("" if page_size is None else "LIMIT %(limit)s"),
     )
-    params.update(start=window.start, end=window.end, key=key, key_id=key_id, limit=page_size + 1)
+    params.update(start=window.start, end=window.end, key=key, key_id=key_id)
+    if page_size is not None:
+        params["limit"] = page_size + 1
     return query, params
 
 
@@ -153,3 +160,48 @@ async def list_events(
         key = last.timestamp.isoformat() if filters.order is Order.NEWEST else last.duration_ms
         next_token = tokens.issue(window, filters, {"k": key, "i": last.id})
     return EventPage(events=rows, next_page_token=next_token)
+
+
+EXPORT_BATCH_ROWS = 2_000  # events per FETCH from the cursor, and at most per ExportEventsResponse
+# ...and about this many bytes at most per message: events may carry 4 kB messages and 32 kB of attributes,
+# and clients refuse messages over 4 MB by default.
+EXPORT_BATCH_BYTES = 1 << 20
+_ROW_BYTES = 200  # an event's fixed fields, encoded
+
+
+def _approximate_bytes(row: EventRecord) -> int:
+    return _ROW_BYTES + len(row.error_message or "") + sum(len(k) + len(v) + 4 for k, v in row.attributes.items())
+
+
+def _split(rows: list[EventRecord], limit_bytes: int) -> list[list[EventRecord]]:
+    """`rows` cut into runs of about `limit_bytes` at most (always at least one row each)."""
+    parts: list[list[EventRecord]] = []
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        weight = _approximate_bytes(row)
+        if i > start and size + weight > limit_bytes:
+            parts.append(rows[start:i])
+            start, size = i, 0
+        size += weight
+    parts.append(rows[start:])
+    return parts
+
+
+async def export_events(
+    conn: AsyncConnection[Any], window: Window, filters: ExportQuestion, *, batch_rows: int = EXPORT_BATCH_ROWS
+) -> AsyncGenerator[list[EventRecord], None]:
+    """Every event matching `filters` (checked already), newest first, `batch_rows` at a time (fewer when
+    they hold more than about EXPORT_BATCH_BYTES).
+
+    ListEvents' statement without its LIMIT, read through a server-side cursor (DECLARE ... FETCH
+    FORWARD n): the client holds one batch at a time, whatever the count. A cursor lives in a
+    transaction, so the export holds one connection and a snapshot until it ends; stopping the
+    iteration (a client that cancels) closes the cursor and ends the transaction.
+    """
+    query, params = events_query(window, filters, page_size=None)
+    # Binary results and positional records: twice the rows per second of text rows made by class_row.
+    async with conn.transaction(), conn.cursor(name="export_events", binary=True) as cur:
+        await cur.execute(query, params)
+        while rows := await cur.fetchmany(batch_rows):
+            for part in _split([EventRecord(*row) for row in rows], EXPORT_BATCH_BYTES):
+                yield part

@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from generation_analytics.service.queries.significance import MetricChange, compare_totals
 from generation_analytics.service.queries.totals import Totals, add_row, build, ranked_sql
 from generation_analytics.service.queries.window import SPLIT_HOURS, Window, daily_split
+from generation_analytics.service.settings import GpuPrices
 
 _COLUMNS = """model_checkpoint, total_requests AS requests, successful_generations AS successes,
        failed_generations AS failures, cancelled_generations AS cancellations, duration_count, duration_sum,
@@ -58,6 +59,8 @@ class ModelPerformance:
     p99_duration_ms: float
     total_images_generated: int
     last_used_at: datetime | None
+    gpu_time_ms: int
+    gpu_cost: float | None
     previous: ModelPerformance | None = None
     changes: list[MetricChange] = field(default_factory=list)
 
@@ -90,15 +93,40 @@ def model_totals(row: dict[str, Any] | None, hists: Sequence[bytes] = ()) -> Tot
     return totals
 
 
-def performance(name: str, totals: Totals, last_used_at: datetime | None) -> ModelPerformance:
+def performance(
+    name: str, totals: Totals, last_used_at: datetime | None, gpu_cost: float | None = None
+) -> ModelPerformance:
     return build(
         ModelPerformance,
         totals.figures(50, 95, 99),
         model_checkpoint=name,
         last_used_at=last_used_at,
+        gpu_cost=gpu_cost,
         previous=None,
         changes=[],
     )
+
+
+async def unlisted_gpu(
+    cur: AsyncCursor[dict[str, Any]], window: Window, prices: GpuPrices, listed: dict[str, int]
+) -> tuple[float, int]:
+    """(cost, GPU time) of every checkpoint of the window but the `listed` ones (name -> their GPU time).
+
+    Exact: the GPU time of the checkpoints the table prices is read per checkpoint (one keyed query over
+    the rollups, only when the table names checkpoints); all the others cost the default price.
+    """
+    priced = sorted(prices.by_checkpoint)
+    params = daily_split(window).params | {"keys": priced}
+    await cur.execute(KEYED_MODELS, params)
+    rows = {row["key"]: int(row["duration_sum"] or 0) for row in await cur.fetchall()}
+    cost, gpu = 0.0, 0
+    for name in priced:
+        if name not in listed and name in rows:
+            cost += prices.cost(name, rows[name])
+            gpu += rows[name]
+    # The unpriced checkpoints, less the listed ones among them (integers: exact).
+    unpriced = rows.get(None, 0) - sum(ms for name, ms in listed.items() if name not in prices.by_checkpoint)
+    return cost + prices.cost(None, unpriced), gpu + unpriced
 
 
 def against(
@@ -132,10 +160,30 @@ async def keyed_models(
     return rows, (await checkpoint_hists(cur, params) if keys else {})
 
 
-async def model_performance(conn: AsyncConnection[Any], window: Window, *, limit: int) -> ModelPerformanceReport:
+def _cost(prices: GpuPrices, name: str, totals: Totals) -> float | None:
+    return prices.cost(name, totals.duration_sum) if prices.configured else None
+
+
+async def _others_cost(
+    cur: AsyncCursor[dict[str, Any]], window: Window, prices: GpuPrices, listed: dict[str, int], others_ms: int
+) -> float | None:
+    """The cost of the folded checkpoints: each at its own price (one query only when prices differ)."""
+    if not prices.configured:
+        return None
+    if not prices.by_checkpoint:
+        return prices.cost(None, others_ms)
+    cost, _ = await unlisted_gpu(cur, window, prices, listed)
+    return cost
+
+
+async def model_performance(
+    conn: AsyncConnection[Any], window: Window, *, limit: int, prices: GpuPrices | None = None
+) -> ModelPerformanceReport:
     """The `limit` checkpoints with the most completions (percentiles from their histograms), the rest summed;
     with `window.previous`, each against the same checkpoints (the rest against the rest) before."""
+    prices = prices or GpuPrices()
     params = daily_split(window).params | {"limit": limit}
+    others_cost: dict[str, float | None] = {}
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(RANKED_MODELS, params)
         rows = await cur.fetchall()
@@ -146,18 +194,27 @@ async def model_performance(conn: AsyncConnection[Any], window: Window, *, limit
         before_hists: dict[str, list[bytes]] = {}
         if window.previous is not None:
             before_rows, before_hists = await keyed_models(cur, window.previous, keys)
+        for name, window_rows, w in (("now", rows, window), ("before", list(before_rows.values()), window.previous)):
+            rest = next((row for row in window_rows if row["key"] is None), None)
+            if rest is not None and w is not None:
+                listed = {row["key"]: int(row["duration_sum"]) for row in window_rows if row["key"] is not None}
+                others_cost[name] = await _others_cost(cur, w, prices, listed, int(rest["duration_sum"]))
     folded = [row for row in rows if row["key"] is None]
     # (key, row, histograms): the listed checkpoints, then the folded rest under the key None.
     entries = [(row["key"], row, hists[row["key"]]) for row in top] + [(None, row, []) for row in folded]
     models = []
     for key, row, blobs in entries:
         totals = model_totals(row, blobs)
-        entry = performance(OTHERS if key is None else key, totals, row["last_used_at"])
+        cost = _cost(prices, key, totals) if key is not None else others_cost.get("now")
+        entry = performance(OTHERS if key is None else key, totals, row["last_used_at"], cost)
         if window.previous is not None:
             before_row = before_rows.get(key)
             before_totals = model_totals(before_row, before_hists.get(key, []) if key is not None else [])
             last_used_at = before_row["last_used_at"] if before_row is not None else None
-            entry.previous = performance(entry.model_checkpoint, before_totals, last_used_at)
+            before_cost = _cost(prices, key, before_totals) if key is not None else others_cost.get("before")
+            if key is None and before_cost is None and prices.configured:
+                before_cost = 0.0  # no other checkpoint before
+            entry.previous = performance(entry.model_checkpoint, before_totals, last_used_at, before_cost)
             hours = (window.elapsed_hours, window.previous.elapsed_hours)
             names = COMPARED if key is not None else OTHERS_COMPARED
             entry.changes = against((entry, totals), (entry.previous, before_totals), names, hours)

@@ -14,9 +14,11 @@ from psycopg.rows import dict_row
 
 from generation_analytics.service.queries import local_time
 from generation_analytics.service.queries.local_time import QUARTER_HISTS, QUARTER_ROWS, Occurrence, cut, pieces
+from generation_analytics.service.queries.models import unlisted_gpu
 from generation_analytics.service.queries.significance import MetricChange, compare_totals
 from generation_analytics.service.queries.totals import Totals, add_row, build, group_quantiles
 from generation_analytics.service.queries.window import Window
+from generation_analytics.service.settings import GpuPrices
 from generation_analytics.vocabulary import Interval
 
 HOURLY_ROWS = """
@@ -77,6 +79,8 @@ class Overview:
     pending_events: int
     window_start: datetime
     window_end: datetime
+    gpu_time_ms: int
+    gpu_cost: float | None
     previous: Overview | None = None
     changes: list[MetricChange] = field(default_factory=list)
 
@@ -89,7 +93,22 @@ COMPARED = (
 )  # fmt: skip
 
 
-async def _summary(conn: AsyncConnection[Any], window: Window, pending_events: int) -> tuple[Overview, Totals]:
+async def gpu_cost(conn: AsyncConnection[Any], window: Window, prices: GpuPrices, gpu_time_ms: int) -> float | None:
+    """The window's GPU time priced per checkpoint: the checkpoints the table names at their price (read
+    per checkpoint from the checkpoint rollups), everything else (other checkpoints, no checkpoint) at
+    the default price. None without a price table."""
+    if not prices.configured:
+        return None
+    if not prices.by_checkpoint:
+        return prices.cost(None, gpu_time_ms)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        cost, with_checkpoint = await unlisted_gpu(cur, window, prices, {})
+    return cost + prices.cost(None, gpu_time_ms - with_checkpoint)
+
+
+async def _summary(
+    conn: AsyncConnection[Any], window: Window, pending_events: int, prices: GpuPrices
+) -> tuple[Overview, Totals]:
     totals = Totals()
     for row in await hourly_rows(conn, window):
         add_row(totals, row)
@@ -102,17 +121,21 @@ async def _summary(conn: AsyncConnection[Any], window: Window, pending_events: i
         pending_events=pending_events,
         window_start=window.start,
         window_end=window.end,
+        gpu_cost=await gpu_cost(conn, window, prices, totals.duration_sum),
         previous=None,
         changes=[],
     )
     return answer, totals
 
 
-async def overview(conn: AsyncConnection[Any], window: Window, *, pending_events: int) -> Overview:
+async def overview(
+    conn: AsyncConnection[Any], window: Window, *, pending_events: int, prices: GpuPrices | None = None
+) -> Overview:
     """The window's figures; with `window.previous`, the previous window's too and what changed."""
-    answer, totals = await _summary(conn, window, pending_events)
+    prices = prices or GpuPrices()
+    answer, totals = await _summary(conn, window, pending_events, prices)
     if window.previous is not None:
-        before, before_totals = await _summary(conn, window.previous, pending_events)
+        before, before_totals = await _summary(conn, window.previous, pending_events, prices)
         answer.previous = before
         answer.changes = compare_totals(
             totals,

@@ -7,10 +7,11 @@ query module. `ANSWERS` pairs each question with its method and result type (the
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -19,7 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 from generation_analytics.questions import (
     CheckpointsQuestion,
     ErrorGroupsQuestion,
+    EventFilters,
     EventsQuestion,
+    ExportQuestion,
     FailuresQuestion,
     ModelsQuestion,
     OverviewQuestion,
@@ -32,7 +35,7 @@ from generation_analytics.questions import (
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.queries.compare import CheckpointComparison, checkpoint_name, compare_checkpoints
 from generation_analytics.service.queries.error_groups import ErrorGroupPage, list_error_groups
-from generation_analytics.service.queries.events import EventPage, list_events
+from generation_analytics.service.queries.events import EventPage, EventRecord, export_events, list_events
 from generation_analytics.service.queries.failures import FailureAnalysis, failure_analysis
 from generation_analytics.service.queries.models import ModelPerformanceReport, model_performance
 from generation_analytics.service.queries.overview import Overview, PeakHours, Trends, overview, peak_hours, trends
@@ -41,6 +44,7 @@ from generation_analytics.service.queries.status import stream_backlog
 from generation_analytics.service.queries.totals import LIST_LIMIT, MAX_LIST_LIMIT
 from generation_analytics.service.queries.users import TopUsers, UserAnalytics, top_users, user_analytics
 from generation_analytics.service.queries.window import Window, bounded, text_filter, user_uuid, window
+from generation_analytics.service.settings import GpuPrices
 from generation_analytics.service.stream import StreamKeys
 
 log = logging.getLogger(__name__)
@@ -63,13 +67,43 @@ def question_window(question: Question) -> Window:
     return window(question.days, default=question.DEFAULT_DAYS, asked=question)
 
 
+F = TypeVar("F", bound=EventFilters)
+
+
+def checked_filters(question: F) -> F:
+    """The raw-event filters of ListEvents and ExportEvents, checked (INVALID_ARGUMENT naming the field)
+    and normalised (the user's UUID in canonical form)."""
+    if question.min_duration_ms is not None and question.min_duration_ms < 0:
+        raise InvalidArgument("min_duration_ms", "must not be negative")
+    return replace(
+        question,
+        user_id=user_uuid(question.user_id) if question.user_id else "",
+        model_checkpoint=text_filter(question.model_checkpoint, "model_checkpoint") or "",
+        error_type=text_filter(question.error_type, "error_type") or "",
+    )
+
+
+@dataclass
+class EventBatch:
+    """One message of ExportEvents."""
+
+    events: list[EventRecord]
+
+
 class AnalyticsQueries:
     """Answers the analytics questions from Postgres (and the stream backlog from Redis)."""
 
     def __init__(
-        self, *, pool: AsyncConnectionPool, redis_client: aioredis.Redis, keys: StreamKeys, token_secret: bytes = b""
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        redis_client: aioredis.Redis,
+        keys: StreamKeys,
+        token_secret: bytes = b"",
+        prices: GpuPrices | None = None,
     ) -> None:
         self._pool = pool
+        self.prices = prices or GpuPrices()
         self._redis = redis_client
         self._keys = keys
         self._tokens = PageTokens(token_secret) if token_secret else None
@@ -98,7 +132,7 @@ class AnalyticsQueries:
         w = question_window(question)
         pending = await self.pending_events()
         async with self._pool.connection() as conn:
-            return await overview(conn, w, pending_events=pending)
+            return await overview(conn, w, pending_events=pending, prices=self.prices)
 
     async def trends(self, question: TrendsQuestion) -> Trends:
         w = question_window(question)
@@ -109,12 +143,12 @@ class AnalyticsQueries:
         user_id = user_uuid(question.user_id)
         w = question_window(question)
         async with self._pool.connection() as conn:
-            return await user_analytics(conn, user_id, w, limit=list_limit(question.limit))
+            return await user_analytics(conn, user_id, w, limit=list_limit(question.limit), prices=self.prices)
 
     async def models(self, question: ModelsQuestion) -> ModelPerformanceReport:
         w = question_window(question)
         async with self._pool.connection() as conn:
-            return await model_performance(conn, w, limit=list_limit(question.limit))
+            return await model_performance(conn, w, limit=list_limit(question.limit), prices=self.prices)
 
     async def failures(self, question: FailuresQuestion) -> FailureAnalysis:
         w = question_window(question)
@@ -128,15 +162,8 @@ class AnalyticsQueries:
 
     async def events(self, question: EventsQuestion) -> EventPage:
         w = question_window(question)
-        if question.min_duration_ms is not None and question.min_duration_ms < 0:
-            raise InvalidArgument("min_duration_ms", "must not be negative")
+        filters = checked_filters(question)
         size = page_size(question.page_size)
-        filters = replace(
-            question,
-            user_id=user_uuid(question.user_id) if question.user_id else "",
-            model_checkpoint=text_filter(question.model_checkpoint, "model_checkpoint") or "",
-            error_type=text_filter(question.error_type, "error_type") or "",
-        )
         tokens = await self._page_tokens()
         async with self._pool.connection() as conn:
             return await list_events(conn, w, filters, page_size=size, tokens=tokens)
@@ -145,14 +172,28 @@ class AnalyticsQueries:
         w = question_window(question)
         n = bounded(question.limit, default=20, low=1, high=MAX_TOP_USERS, field="limit")
         async with self._pool.connection() as conn:
-            return await top_users(conn, w, limit=n)
+            return await top_users(conn, w, limit=n, order=question.order)
 
     async def compare_checkpoints(self, question: CheckpointsQuestion) -> CheckpointComparison:
         a = checkpoint_name(question.model_checkpoint_a, "model_checkpoint_a")
         b = checkpoint_name(question.model_checkpoint_b, "model_checkpoint_b")
         w = question_window(question)
         async with self._pool.connection() as conn:
-            return await compare_checkpoints(conn, w, a, b)
+            return await compare_checkpoints(conn, w, a, b, prices=self.prices)
+
+    async def export(self, question: ExportQuestion) -> AsyncGenerator[EventBatch, None]:
+        """The batches of ExportEvents. The filters are checked here, before anything is read, so a bad
+        one fails the call before its first message; the batches are read as they are consumed."""
+        w = question_window(question)
+        filters = checked_filters(question)
+
+        async def batches() -> AsyncGenerator[EventBatch, None]:
+            # Closed inner first: the cursor and its transaction end before the connection goes back.
+            async with self._pool.connection() as conn, contextlib.aclosing(export_events(conn, w, filters)) as rows:
+                async for batch in rows:
+                    yield EventBatch(events=batch)
+
+        return batches()
 
     async def error_groups(self, question: ErrorGroupsQuestion) -> ErrorGroupPage:
         w = question_window(question)
@@ -181,4 +222,6 @@ ANSWERS: dict[type[Question], tuple[Answer, type]] = {
     TopUsersQuestion: (AnalyticsQueries.top_users, TopUsers),
     CheckpointsQuestion: (AnalyticsQueries.compare_checkpoints, CheckpointComparison),
     ErrorGroupsQuestion: (AnalyticsQueries.error_groups, ErrorGroupPage),
+    # A stream: the answer is an async iterator of EventBatch (the servicer and the gateway stream it).
+    ExportQuestion: (AnalyticsQueries.export, EventBatch),
 }

@@ -99,6 +99,8 @@ class Totals:
             "total_generations": self.completions,
             "success_rate_pct": self.success_rate * 100,
             "avg_duration_ms": self.avg_duration_ms,
+            # GPU time: every completion with a duration, successful or failed (rollups' duration_sum).
+            "gpu_time_ms": self.duration_sum,
             "total_images_generated": self.images,
             "avg_queue_length": self.avg_queue_length,
             "max_queue_length": self.max_queue or 0,

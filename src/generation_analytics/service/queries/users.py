@@ -14,12 +14,14 @@ from generation_analytics.service.hours import HOUR, day_start, month_of
 from generation_analytics.service.queries.events import EventRecord, recent_activity
 from generation_analytics.service.queries.totals import Totals, add_row, build
 from generation_analytics.service.queries.window import Window
+from generation_analytics.service.settings import GpuPrices
+from generation_analytics.vocabulary import UserOrder
 
 USER_ROWS = """
 SELECT h.hour, h.total_requests AS requests, h.successful_generations AS successes,
        h.failed_generations AS failures, h.cancelled_generations AS cancellations, h.duration_count,
        h.duration_sum, h.total_images_generated AS images, h.first_event_at, h.last_event_at, h.error_counts,
-       h.model_counts, h.duration_hist AS hist
+       h.model_counts, h.duration_hist AS hist, h.model_gpu_ms
 FROM generation_users AS u JOIN generation_user_metrics_hourly AS h USING (uid)
 WHERE u.user_id = %(user_id)s AND h.hour >= %(start)s AND h.hour < %(end)s
 """
@@ -59,17 +61,31 @@ class UserAnalytics:
     other_failures: int = 0
     total_models: int = 0
     other_model_uses: int = 0
+    gpu_time_ms: int = 0
+    gpu_cost: float | None = None
+
+
+def user_gpu_cost(prices: GpuPrices, by_checkpoint: Counter[str], gpu_time_ms: int) -> float | None:
+    """The user's GPU time priced per checkpoint (`by_checkpoint`: the rollups' model_gpu_ms summed); the
+    rest (completions without a checkpoint, hours aggregated before migration 0011) at the default price."""
+    if not prices.configured:
+        return None
+    cost = sum(prices.cost(checkpoint, ms) for checkpoint, ms in by_checkpoint.items())
+    return cost + prices.cost(None, max(gpu_time_ms - sum(by_checkpoint.values()), 0))
 
 
 def _ranked(counts: Counter[str]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Window, *, limit: int) -> UserAnalytics:
+async def user_analytics(
+    conn: AsyncConnection[Any], user_id: str, window: Window, *, limit: int, prices: GpuPrices | None = None
+) -> UserAnalytics:
     """One user's figures over the window (an unknown user gets zeros); breakdowns at most `limit` long."""
     totals = Totals()
     errors: Counter[str] = Counter()
     models: Counter[str] = Counter()
+    gpu: Counter[str] = Counter()
     first: datetime | None = None
     last: datetime | None = None
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -78,6 +94,7 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
             add_row(totals, row)
             errors.update(row["error_counts"])
             models.update(row["model_counts"])
+            gpu.update(row["model_gpu_ms"])
             first = row["first_event_at"] if first is None else min(first, row["first_event_at"])
             last = row["last_event_at"] if last is None else max(last, row["last_event_at"])
     ranked_errors, ranked_models = _ranked(errors), _ranked(models)
@@ -95,6 +112,7 @@ async def user_analytics(conn: AsyncConnection[Any], user_id: str, window: Windo
         total_models=len(models),
         other_model_uses=sum(v for _, v in ranked_models[limit:]),
         recent_activity=await recent_activity(conn, user_id, window) if first is not None else [],
+        gpu_cost=user_gpu_cost(prices or GpuPrices(), gpu, totals.duration_sum),
     )
 
 
@@ -147,7 +165,7 @@ WITH months AS ({months}
     ) AS b ON true
 ), ranked AS (
     SELECT * FROM windowed WHERE events > 0 AND last_hour >= %(start)s  -- else nothing in the window
-    ORDER BY requests DESC, user_id::text LIMIT %(limit)s
+    ORDER BY {order} DESC, user_id::text LIMIT %(limit)s
 )
 SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS successful_generations,
        r.failures AS failed_generations, r.duration_count, r.duration_sum,
@@ -156,8 +174,10 @@ SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS 
            WHERE h.uid = r.uid AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
        ) END AS last_event_at
 FROM ranked AS r
-ORDER BY r.requests DESC, r.user_id::text
+ORDER BY r.{order} DESC, r.user_id::text
 """
+# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum).
+ORDER_COLUMNS = {UserOrder.REQUESTS: "requests", UserOrder.GPU_TIME: "duration_sum"}
 
 
 @dataclass
@@ -168,6 +188,7 @@ class TopUser:
     failed_generations: int
     avg_duration_ms: float
     last_generation_at: datetime | None
+    gpu_time_ms: int
 
 
 @dataclass
@@ -176,12 +197,14 @@ class TopUsers:
     users: list[TopUser]
 
 
-async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -> TopUsers:
+async def top_users(
+    conn: AsyncConnection[Any], window: Window, *, limit: int, order: UserOrder = UserOrder.REQUESTS
+) -> TopUsers:
     async with conn.cursor(row_factory=dict_row) as cur:
         first_month = window.start.date().replace(day=1)
         single = month_of(window.end - HOUR) == first_month
         await cur.execute(
-            TOP_USERS.format(months=MONTHS_SINGLE if single else MONTHS_GROUPED),
+            TOP_USERS.format(months=MONTHS_SINGLE if single else MONTHS_GROUPED, order=ORDER_COLUMNS[order]),
             {
                 "start": window.start,
                 "end": window.end,
@@ -199,6 +222,7 @@ async def top_users(conn: AsyncConnection[Any], window: Window, *, limit: int) -
             failed_generations=r["failed_generations"],
             avg_duration_ms=r["duration_sum"] / r["duration_count"] if r["duration_count"] else 0.0,
             last_generation_at=r["last_event_at"],
+            gpu_time_ms=r["duration_sum"],
         )
         for r in rows
     ]
