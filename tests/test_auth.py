@@ -154,7 +154,12 @@ def test_health_is_open_and_reflection_needs_any_valid_key(secured: tuple[LiveSe
     assert list_services(made.tokens["ingest"]) == grpc.StatusCode.OK
 
 
-HTTP_PATHS = [PREFIX + path.replace("{user_id}", "550e8400-e29b-41d4-a716-446655440000") for path in ROUTES]
+# What a path needs besides the key to answer 200 (its required parameters).
+REQUIRED = {"/models/compare": "?model_checkpoint_a=sdxl-1.0&model_checkpoint_b=sdxl-1.1"}
+HTTP_PATHS = [
+    PREFIX + path.replace("{user_id}", "550e8400-e29b-41d4-a716-446655440000") + REQUIRED.get(path, "")
+    for path in ROUTES
+]
 HTTP_PATHS += [f"{PREFIX}/pipeline/status", "/metrics"]
 
 
