@@ -14,9 +14,9 @@ from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from generation_analytics.questions import QUESTIONS, request_class
+from generation_analytics.service.alerts.history import AlertEventPage
 from generation_analytics.service.api import rpc
 from generation_analytics.service.api.alert_rpc import AlertServicer, RuleTrial
-from generation_analytics.service.alerts.history import AlertEventPage
 from generation_analytics.service.pipeline.aggregate import AggregationReport
 from generation_analytics.service.pipeline.transfer import TransferReport
 from generation_analytics.service.queries.events import EventRecord

@@ -418,8 +418,8 @@ def _alerts(args: argparse.Namespace) -> int:
                 text += "\n".join(secrets)
         elif command == "list":
             data = [to_jsonable(rule) for rule in client.alert_rules()]
-            text = table([_rule_row(rule) for rule in data], ["id", "name", "state", "condition", "last_value",
-                                                              "last_samples", "last_evaluated_at", "enabled"])  # fmt: skip
+            columns = ["id", "name", "state", "condition", "last_value", "last_samples", "last_evaluated_at", "enabled"]
+            text = table([_rule_row(rule) for rule in data], columns)
         elif command == "delete":
             client.delete_alert_rule(args.id)
             data, text = {"deleted": args.id}, f"alert rule {args.id} deleted"

@@ -8,4 +8,11 @@ from generation_analytics.client.errors import AnalyticsClientError
 from generation_analytics.client.events import build_event
 from generation_analytics.client.recorder import EventRecorder, RecorderStats
 
-__all__ = ["AnalyticsClient", "AnalyticsClientError", "EventRecorder", "RecorderStats", "alert_rule_spec", "build_event"]
+__all__ = [
+    "AnalyticsClient",
+    "AnalyticsClientError",
+    "EventRecorder",
+    "RecorderStats",
+    "alert_rule_spec",
+    "build_event",
+]

@@ -107,8 +107,16 @@ RETURNING id
 """
 
 
-def next_step(state: AlertState, since: datetime, last_notified_at: datetime | None, spec: RuleSpec,
-              verdict: Verdict, now: datetime) -> Step:  # fmt: skip
+def next_step(
+    state: AlertState,
+    since: datetime,
+    last_notified_at: datetime | None,
+    *,
+    spec: RuleSpec,
+    verdict: Verdict,
+    now: datetime,
+) -> Step:
+    """`states.step` with a rule's periods, after `verdict`."""
     return step(
         state, since, verdict.outcome, now=now, pending_for=timedelta(seconds=spec.pending_for_s),
         repeat_interval=timedelta(seconds=spec.repeat_interval_s), last_notified_at=last_notified_at,
@@ -171,7 +179,9 @@ class AlertEvaluator:
                 return False
             rule = rule_from_row(row)
             verdict = await judge(conn, redis_client, self._keys, rule.spec, now)
-            moved = next_step(rule.state, rule.state_since, rule.last_notified_at, rule.spec, verdict, now)
+            moved = next_step(
+                rule.state, rule.state_since, rule.last_notified_at, spec=rule.spec, verdict=verdict, now=now
+            )
             await conn.execute(
                 UPDATE_STATE,
                 {

@@ -83,7 +83,9 @@ async def list_events(
         await cur.execute(LIST_EVENTS, {"rule_id": rule_id, "before": before, "limit": size + 1})
         rows = await cur.fetchall()
     events = [
-        AlertEventRecord(**(row | {"from_state": AlertState(row["from_state"]), "to_state": AlertState(row["to_state"])}))
+        AlertEventRecord(
+            **(row | {"from_state": AlertState(row["from_state"]), "to_state": AlertState(row["to_state"])})
+        )
         for row in rows[:size]
     ]
     return AlertEventPage(events, _token(events[-1].id) if len(rows) > size else "")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -117,7 +116,7 @@ def validate(spec: RuleSpec, field_prefix: str = "rule.") -> RuleSpec:
     ):
         raise InvalidArgument(
             f"{f}window_minutes",
-            f"must be a multiple of 15 between {MIN_WINDOW_MINUTES} and {MAX_WINDOW_MINUTES} (got {spec.window_minutes})",
+            f"must be a multiple of 15 from {MIN_WINDOW_MINUTES} to {MAX_WINDOW_MINUTES} (got {spec.window_minutes})",
         )
     if spec.min_samples < 0:
         raise InvalidArgument(f"{f}min_samples", "must not be negative")
@@ -259,7 +258,9 @@ WHERE id = %(id)s
 def keep_secrets(spec: RuleSpec, before: RuleSpec) -> RuleSpec:
     """Targets given without a secret keep the secret of the existing target with the same url."""
     known = {t.url: t.secret for t in before.targets}
-    return replace(spec, targets=tuple(t if t.secret else replace(t, secret=known.get(t.url, "")) for t in spec.targets))
+    return replace(
+        spec, targets=tuple(t if t.secret else replace(t, secret=known.get(t.url, "")) for t in spec.targets)
+    )
 
 
 async def update_rule(conn: AsyncConnection[Any], rule_id: int, spec: RuleSpec) -> Rule:
@@ -291,7 +292,3 @@ def describe(spec: RuleSpec) -> str:
     signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
     window = "" if spec.metric in STREAM_METRICS else f" over {spec.window_minutes} min"
     return f"{spec.metric.value} of {scope} {signs[spec.comparison.value]} {spec.threshold:g}{window}"
-
-
-def labels_json(spec: RuleSpec) -> str:
-    return json.dumps(spec.labels, sort_keys=True)

@@ -215,8 +215,9 @@ class WebhookSender:
                 else:
                     status, next_at, report.retrying = "pending", now + self.backoff(attempts), report.retrying + 1
                 async with conn.transaction():
-                    await conn.execute(RECORD_ATTEMPT, {"id": row["id"], "now": now, "status_code": result.status_code,
-                                                        "error": result.error, "duration_ms": result.duration_ms})  # fmt: skip
+                    attempt = {"id": row["id"], "now": now, "status_code": result.status_code, "error": result.error,
+                               "duration_ms": result.duration_ms}  # fmt: skip
+                    await conn.execute(RECORD_ATTEMPT, attempt)
                     await conn.execute(
                         RECORD_RESULT,
                         {"id": row["id"], "status": status, "attempts": attempts, "next_attempt_at": next_at,

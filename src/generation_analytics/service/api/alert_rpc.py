@@ -57,8 +57,9 @@ def spec_from_message(message: alerts_pb2.AlertRuleSpec, prefix: str = "rule.") 
         repeat_interval_s=message.repeat_interval_s,
         labels=dict(message.labels),
         targets=tuple(
-            Target(t.url, t.secret, _word(WebhookFormat, t.format, f"{prefix}targets[{i}].format",
-                                          WebhookFormat.STANDARD))  # fmt: skip
+            Target(
+                t.url, t.secret, _word(WebhookFormat, t.format, f"{prefix}targets[{i}].format", WebhookFormat.STANDARD)
+            )
             for i, t in enumerate(message.targets)
         ),
         enabled=message.enabled,
@@ -149,7 +150,7 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
             else:
                 spec, state, since, notified = rules.validate(_spec(request)), AlertState.OK, now, None
             verdict = await judge(conn, self._redis, self._keys, spec, now)
-        moved = next_step(state, since, notified, spec, verdict, now)
+        moved = next_step(state, since, notified, spec=spec, verdict=verdict, now=now)
         found = verdict.measurement
         result = RuleTrial(
             value=verdict.value,
