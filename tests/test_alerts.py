@@ -562,3 +562,73 @@ def test_the_cli_creates_lists_tests_and_deletes_rules(
     assert main(["alerts", "delete", *target, str(listed["id"])]) == 0
     assert main(["alerts", "delete", *target, str(listed["id"])]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+class ThreadReceiver:
+    """A local webhook receiver in a thread (for tests whose service runs on its own): keeps every body."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, str], str]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        receiver = Receiver(got=self.got)
+        self._runner, port = asyncio.run_coroutine_threadsafe(serve_receivers({"/hook": receiver}), self._loop).result(
+            10
+        )
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    def types(self) -> list[str]:
+        return [json.loads(body)["type"] for _, body in list(self.got)]
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def wait_for(condition: Any, timeout_s: float = 60) -> None:
+    """Poll until `condition()` holds (a generous bound for a shared machine, not a measured one)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_the_scheduler_fires_and_resolves_a_rule_on_live_traffic(settings: Settings) -> None:
+    """The acceptance scenario: failures injected on a checkpoint fire its rule on a local receiver within
+    an evaluation, and more healthy traffic resolves it; all through the running service's own schedule."""
+    scheduled = replace(
+        settings,
+        schedule=replace(settings.schedule, enabled=True, transfer_interval_s=0.3, aggregation_interval_s=0.3),
+        alerts=AlertSettings(interval_s=1, delivery_interval_s=0.3),
+    )
+    receiver = ThreadReceiver()
+    server = LiveServer(scheduled)
+    try:
+        with AnalyticsClient(server.address) as client:
+            created = client.create_alert_rule(
+                alert_rule_spec(
+                    "sdxl failing",
+                    "failure_rate_pct",
+                    "gt",
+                    10,
+                    scope="checkpoint",
+                    scope_value="sdxl",
+                    min_samples=50,
+                    webhooks=[receiver.url],
+                )  # fmt: skip
+            )
+            now = datetime.now(UTC)
+            client.record_events(completions(now - timedelta(seconds=900), 60, 30))
+            wait_for(lambda: "alert.firing" in receiver.types())
+            client.record_events(completions(now - timedelta(seconds=900), 600, 0))
+            wait_for(lambda: "alert.resolved" in receiver.types())
+            (headers, body) = receiver.got[0]
+            secret = created.spec.targets[0].secret
+            assert Webhook(secret).verify(body, headers)["data"]["rule_id"] == created.id
+            assert receiver.types()[:2] == ["alert.firing", "alert.resolved"]
+    finally:
+        server.close()
+        receiver.close()
