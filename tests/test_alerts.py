@@ -608,18 +608,9 @@ def test_the_scheduler_fires_and_resolves_a_rule_on_live_traffic(settings: Setti
     server = LiveServer(scheduled)
     try:
         with AnalyticsClient(server.address) as client:
-            created = client.create_alert_rule(
-                alert_rule_spec(
-                    "sdxl failing",
-                    "failure_rate_pct",
-                    "gt",
-                    10,
-                    scope="checkpoint",
-                    scope_value="sdxl",
-                    min_samples=50,
-                    webhooks=[receiver.url],
-                )  # fmt: skip
-            )
+            spec = alert_rule_spec("sdxl failing", "failure_rate_pct", "gt", 10, scope="checkpoint",
+                                   scope_value="sdxl", min_samples=50, webhooks=[receiver.url])  # fmt: skip
+            created = client.create_alert_rule(spec)
             now = datetime.now(UTC)
             client.record_events(completions(now - timedelta(seconds=900), 60, 30))
             wait_for(lambda: "alert.firing" in receiver.types())
