@@ -30,6 +30,7 @@ from generation_analytics.client import AnalyticsClient, AnalyticsClientError, a
 from generation_analytics.service.alerts.evaluator import AlertEvaluator, EvaluationReport
 from generation_analytics.service.alerts.measure import quarter_floor
 from generation_analytics.service.alerts.rules import RuleSpec, Target, create_rule, new_secret, validate
+from generation_analytics.service.alerts.states import Outcome, step
 from generation_analytics.service.alerts.webhooks import WebhookSender
 from generation_analytics.service.hours import hour_floor
 from generation_analytics.service.pipeline.worker import Pipeline
@@ -109,6 +110,52 @@ def failure_rate(events: list[Any], now: datetime, window: timedelta) -> tuple[f
     chosen = [e for e in events if start <= e.timestamp.ToDatetime(tzinfo=UTC) < end]
     failed = sum(1 for e in chosen if not e.success)
     return (100 * failed / len(chosen) if chosen else None), len(chosen)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # state, since (min), outcome, now (min), last notified (min), (next state, since, notify, repeat)
+        ("ok", 0, Outcome.BREACHING, 10, None, ("pending", 10, False, False)),
+        ("pending", 10, Outcome.BREACHING, 14, None, ("pending", 10, False, False)),
+        ("pending", 10, Outcome.BREACHING, 15, None, ("firing", 15, True, False)),  # pending_for reached
+        ("pending", 10, Outcome.NOT_BREACHING, 12, None, ("ok", 12, False, False)),  # flapping: never notified
+        ("firing", 15, Outcome.BREACHING, 40, 15, ("firing", 15, False, False)),  # before repeat_interval
+        ("firing", 15, Outcome.BREACHING, 45, 15, ("firing", 15, True, True)),  # a reminder
+        ("firing", 15, Outcome.NOT_BREACHING, 50, 45, ("resolved", 50, True, False)),
+        ("resolved", 50, Outcome.NOT_BREACHING, 51, 50, ("ok", 51, False, False)),
+        ("resolved", 50, Outcome.BREACHING, 51, 50, ("pending", 51, False, False)),
+        ("firing", 15, Outcome.NO_DATA, 50, 45, ("no_data", 50, False, False)),  # recorded, not notified
+        ("no_data", 50, Outcome.NO_DATA, 60, 45, ("no_data", 50, False, False)),
+        ("no_data", 50, Outcome.NOT_BREACHING, 60, 45, ("ok", 60, False, False)),
+        ("ok", 0, Outcome.ERROR, 5, None, ("error", 5, True, False)),
+        ("error", 5, Outcome.ERROR, 6, 5, ("error", 5, False, False)),
+        ("error", 5, Outcome.BREACHING, 7, 5, ("pending", 7, False, False)),
+    ],
+)
+def test_each_step_of_the_state_machine(case: tuple[Any, ...]) -> None:
+    state, since, outcome, now, notified, expected = case
+    moved = step(
+        AlertState(state), T0 + since * MIN, outcome, now=T0 + now * MIN, pending_for=5 * MIN,
+        repeat_interval=30 * MIN, last_notified_at=None if notified is None else T0 + notified * MIN,
+    )  # fmt: skip
+    next_state, next_since, notify, repeat = expected
+    assert (moved.state, moved.since, moved.notify, moved.repeat) == (
+        AlertState(next_state), T0 + next_since * MIN, notify, repeat,
+    )  # fmt: skip
+
+
+def test_without_a_pending_period_a_breach_fires_at_once_and_repeats_only_when_asked() -> None:
+    fired = step(AlertState.OK, T0, Outcome.BREACHING, now=T0 + MIN, pending_for=timedelta(0),
+                 repeat_interval=timedelta(0), last_notified_at=None)  # fmt: skip
+    assert (fired.state, fired.notify) == (AlertState.FIRING, True)
+    still = step(AlertState.FIRING, T0 + MIN, Outcome.BREACHING, now=T0 + 600 * MIN, pending_for=timedelta(0),
+                 repeat_interval=timedelta(0), last_notified_at=T0 + MIN)  # fmt: skip
+    assert (still.state, still.notify) == (AlertState.FIRING, False)
 
 
 FAILURE_RULE = RuleSpec(
