@@ -279,6 +279,20 @@ def test_two_evaluators_at_once_evaluate_each_rule_once_per_tick(
     assert len(transitions(settings)) == len(rules)
 
 
+def test_retention_removes_alert_transitions_as_old_as_the_raw_events(
+    settings: Settings, pipeline: Pipeline, stream_client: redis.Redis
+) -> None:
+    load(pipeline, stream_client, settings.redis.namespace, completions(BASE, 60, 30))
+    rule_id = add_rule(settings, replace(FAILURE_RULE, pending_for_s=0, targets=(Target(DEAD_URL),)))
+    tick(settings, BASE - timedelta(days=settings.retention.days + 1))  # nothing then: ok -> no_data
+    tick(settings, BASE + timedelta(minutes=5))  # no_data -> firing, notified
+    assert [b for _, b, _ in transitions(settings, rule_id)] == ["no_data", "firing"]
+    pipeline.prune()
+    assert [b for _, b, _ in transitions(settings, rule_id)] == ["firing"]
+    with psycopg.connect(settings.postgres.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM alert_deliveries").fetchone() == (1,)
+
+
 @dataclass
 class Receiver:
     """A local webhook receiver: answers `statuses` in turn (then 200) and keeps what it got."""
