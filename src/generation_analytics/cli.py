@@ -616,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service (embedded Postgres/Redis when none is configured)")
     serve.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
     serve.set_defaults(func=_serve)
-    worker = sub.add_parser("worker", help="run only the pipeline (transfer, aggregation, retention) on a schedule")
+    worker = sub.add_parser(
+        "worker", help="run only the pipeline (transfer, aggregation, retention, alerts) on its schedule"
+    )
     worker.set_defaults(func=_worker)
     migrate = sub.add_parser("migrate", help="apply the schema migrations (safe to run twice)")
     migrate.add_argument("--dsn", default="", help="Postgres DSN (default: GA_POSTGRES_DSN, else embedded)")

@@ -131,7 +131,7 @@ class Pipeline:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run only the pipeline (transfer, aggregation, retention) until SIGTERM/SIGINT.
+    """Run only the pipeline (transfer, aggregation, retention, alerts) until SIGTERM/SIGINT.
 
     For deployments that scale the pipeline apart from the gRPC front end; replicas of either kind
     share the work safely. Needs an explicit Postgres DSN and Redis URL.
