@@ -518,6 +518,12 @@ def client(live_server: LiveServer) -> Iterator[AnalyticsClient]:
         ({"scope": "checkpoint"}, "rule.scope_value"),
         ({"window_minutes": 20}, "rule.window_minutes"),
         ({"window_minutes": 0}, "rule.window_minutes"),
+        ({"metric": "dead_letters", "window_minutes": 0}, "rule.window_minutes"),
+        (
+            {"metric": "failures", "comparison": "gt", "scope": "error_type", "scope_value": "x" * 200},
+            "rule.scope_value",
+        ),
+        ({"webhooks": [("http://example.com/x", "standard", "whsec_" + "A" * 40 + "!")]}, "rule.targets[0].secret"),
         ({"threshold": float("nan")}, "rule.threshold"),
         ({"min_samples": -1}, "rule.min_samples"),
         ({"pending_for_s": -5}, "rule.pending_for_s"),

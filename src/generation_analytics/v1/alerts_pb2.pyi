@@ -44,7 +44,7 @@ class _AlertMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertMetr
     ALERT_METRIC_FAILURES: _AlertMetric.ValueType  # 8
     """Failed completions in the window (of the scope's error type, for that scope). Samples: completions."""
     ALERT_METRIC_DEAD_LETTERS: _AlertMetric.ValueType  # 9
-    """Entries in the dead-letter stream now (scope everything only; window unused). Samples: 1."""
+    """Entries in the dead-letter stream now (scope everything only; the window is not used). Samples: 1."""
     ALERT_METRIC_PIPELINE_LAG_S: _AlertMetric.ValueType  # 10
     """Age in seconds of the oldest event accepted but not yet in Postgres (0 when none; scope everything)."""
 
@@ -69,7 +69,7 @@ ALERT_METRIC_AVG_QUEUE_LENGTH: AlertMetric.ValueType  # 7
 ALERT_METRIC_FAILURES: AlertMetric.ValueType  # 8
 """Failed completions in the window (of the scope's error type, for that scope). Samples: completions."""
 ALERT_METRIC_DEAD_LETTERS: AlertMetric.ValueType  # 9
-"""Entries in the dead-letter stream now (scope everything only; window unused). Samples: 1."""
+"""Entries in the dead-letter stream now (scope everything only; the window is not used). Samples: 1."""
 ALERT_METRIC_PIPELINE_LAG_S: AlertMetric.ValueType  # 10
 """Age in seconds of the oldest event accepted but not yet in Postgres (0 when none; scope everything)."""
 Global___AlertMetric: _TypeAlias = AlertMetric  # noqa: Y015
@@ -259,8 +259,9 @@ class AlertRuleSpec(_message.Message):
     comparison: Global___Comparison.ValueType
     threshold: _builtins.float
     window_minutes: _builtins.int
-    """15 to 10080 minutes, a multiple of 15. Read from quarter-hour rollups for scope everything, from
-    hourly rollups (whole hours covering the window) for a checkpoint or error type.
+    """15 to 10080 minutes, a multiple of 15 (also for the stream metrics, which do not use it). Read from
+    quarter-hour rollups for scope everything, from hourly rollups (whole hours covering the window) for
+    a checkpoint or error type.
     """
     min_samples: _builtins.int
     """Below this many samples in the window the state is NO_DATA."""

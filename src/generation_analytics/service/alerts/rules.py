@@ -111,9 +111,7 @@ def validate(spec: RuleSpec, field_prefix: str = "rule.") -> RuleSpec:
         _text(spec.scope_value, f"{f}scope_value", MAX_SCOPE_VALUE_CHARS, required=True)
     if spec.threshold != spec.threshold or spec.threshold in (float("inf"), float("-inf")):
         raise InvalidArgument(f"{f}threshold", "must be a finite number")
-    if spec.metric not in STREAM_METRICS and not (
-        MIN_WINDOW_MINUTES <= spec.window_minutes <= MAX_WINDOW_MINUTES and spec.window_minutes % 15 == 0
-    ):
+    if not (MIN_WINDOW_MINUTES <= spec.window_minutes <= MAX_WINDOW_MINUTES and spec.window_minutes % 15 == 0):
         raise InvalidArgument(
             f"{f}window_minutes",
             f"must be a multiple of 15 from {MIN_WINDOW_MINUTES} to {MAX_WINDOW_MINUTES} (got {spec.window_minutes})",
