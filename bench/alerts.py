@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -163,6 +164,7 @@ async def delivery(dsn: str, redis: RedisSettings, notifications: int) -> list[t
     scheduler.start()
     evaluator = AlertEvaluator(postgres=postgres, redis_settings=redis, settings=AlertSettings(interval_s=1))
     latencies = []
+    rng = random.Random(15)
     try:
         last_tick = tick_start(datetime.now(UTC), 1)
         for k in range(notifications):
@@ -170,6 +172,9 @@ async def delivery(dsn: str, redis: RedisSettings, notifications: int) -> list[t
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
                 await conn.execute("UPDATE alert_rules SET threshold = %s", (0 if k % 2 == 0 else 1e12,))
             got.clear()
+            # At a random moment of the delivery job's cycle (waiting for each arrival would otherwise lock
+            # the transitions to just after a run, and every latency to one whole interval).
+            await asyncio.sleep(rng.uniform(0, settings.delivery_interval_s))
             now = datetime.now(UTC)
             if tick_start(now, 1) <= last_tick:  # one evaluation per tick: wait for the next one
                 await asyncio.sleep(1 - now.microsecond / 1e6)
