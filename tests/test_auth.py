@@ -29,7 +29,7 @@ from generation_analytics.service.api.auth import RPC_RULES, auth_enabled, is_lo
 from generation_analytics.service.api.gateway import PREFIX, ROUTES
 from generation_analytics.service.api.keys import Scope
 from generation_analytics.service.settings import AuthSettings, Settings, TlsSettings
-from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2, pipeline_pb2
 from tests.fix_processes import CLI, free_port
 from tests.fix_server import LiveServer
 
@@ -37,6 +37,7 @@ SERVICES = [
     events_pb2.DESCRIPTOR.services_by_name["EventService"],
     analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"],
+    alerts_pb2.DESCRIPTOR.services_by_name["AlertService"],
 ]
 METHODS = [(service, method) for service in SERVICES for method in service.methods]
 CACHE_S = 0.3  # the revocation delay under test
@@ -160,7 +161,7 @@ HTTP_PATHS = [
     PREFIX + path.replace("{user_id}", "550e8400-e29b-41d4-a716-446655440000") + REQUIRED.get(path, "")
     for path in ROUTES
 ]
-HTTP_PATHS += [f"{PREFIX}/pipeline/status", "/metrics"]
+HTTP_PATHS += [f"{PREFIX}/pipeline/status", "/metrics", f"{PREFIX}/alerts/rules", f"{PREFIX}/alerts/events"]
 
 
 @pytest.mark.parametrize("path", HTTP_PATHS)

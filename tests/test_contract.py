@@ -14,18 +14,21 @@ from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from generation_analytics.questions import QUESTIONS, request_class
+from generation_analytics.service.alerts.history import AlertEventPage
 from generation_analytics.service.api import rpc
+from generation_analytics.service.api.alert_rpc import AlertServicer, RuleTrial
 from generation_analytics.service.pipeline.aggregate import AggregationReport
 from generation_analytics.service.pipeline.transfer import TransferReport
 from generation_analytics.service.queries.events import EventRecord
 from generation_analytics.service.queries.service import ANSWERS
-from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2, pipeline_pb2
 from generation_analytics.vocabulary import PROTO_ENUMS, Word
 
 SERVICES: list[tuple[ServiceDescriptor, type]] = [
     (events_pb2.DESCRIPTOR.services_by_name["EventService"], rpc.EventServicer),
     (analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"], rpc.AnalyticsServicer),
     (pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"], rpc.PipelineServicer),
+    (alerts_pb2.DESCRIPTOR.services_by_name["AlertService"], AlertServicer),
 ]
 ANALYTICS = SERVICES[1][0]
 # Results converted by a dedicated function rather than field by field (api/convert.py).
@@ -61,11 +64,13 @@ def test_requests_match_their_questions(rpc_name: str) -> None:
 
 
 def _unwrap(hint: Any) -> Any:
-    """list[X] -> X, X | None -> X."""
+    """list[X] -> X, tuple[X, ...] -> X, X | None -> X."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         (hint,) = (a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is list:
         (hint,) = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
     return hint
 
 
@@ -82,7 +87,7 @@ def assert_same_fields(result: type, message: Descriptor, path: str = "", seen: 
     hints = typing.get_type_hints(result)
     for field in message.fields:
         nested = field.message_type
-        if nested is None or nested.full_name == "google.protobuf.Timestamp":
+        if nested is None or nested.full_name == "google.protobuf.Timestamp" or nested.GetOptions().map_entry:
             continue
         inner = _unwrap(hints[field.name])
         assert isinstance(inner, type) and dataclasses.is_dataclass(inner), f"{path}.{field.name}: not a result type"
@@ -99,6 +104,15 @@ def test_responses_match_their_result_types(rpc_name: str) -> None:
 def test_pipeline_reports_match_their_responses(rpc_name: str) -> None:
     service = SERVICES[2][0]
     assert_same_fields(REPORTS[rpc_name], service.methods_by_name[rpc_name].output_type)
+
+
+def test_alert_results_match_their_messages() -> None:
+    from generation_analytics.service.alerts.rules import Rule
+
+    service = SERVICES[3][0]
+    assert_same_fields(Rule, alerts_pb2.AlertRule.DESCRIPTOR)
+    assert_same_fields(RuleTrial, service.methods_by_name["TestAlertRule"].output_type)
+    assert_same_fields(AlertEventPage, service.methods_by_name["ListAlertEvents"].output_type)
 
 
 @pytest.mark.parametrize("word", list(PROTO_ENUMS), ids=lambda w: w.__name__)

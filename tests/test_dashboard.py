@@ -19,6 +19,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -639,3 +640,37 @@ def test_phone_width_in_dark_mode(known: Known, open_tab: OpenTab) -> None:
     assert tab.page.evaluate("getComputedStyle(document.documentElement).backgroundColor") == "rgb(14, 17, 23)"
     tile = tab.page.locator('#tiles [data-field="total_requests"]').bounding_box()
     assert tile and tile["width"] < 200, "tiles sit two to a row"
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def test_the_alert_panels_show_rules_firing_first_and_their_transitions(
+    live_server: LiveServer, pipeline: Any, stream_client: redis.Redis, open_tab: OpenTab
+) -> None:
+    from tests.test_alerts import BASE, FAILURE_RULE, add_rule, completions, load, tick
+
+    settings = live_server.settings
+
+    def evaluate() -> None:  # in a thread of its own: Playwright's event loop runs in this one
+        load(pipeline, stream_client, settings.redis.namespace, completions(BASE, 60, 30))  # 50 % failed
+        add_rule(settings, replace(FAILURE_RULE, name="quiet", threshold=90, pending_for_s=0))
+        add_rule(settings, replace(FAILURE_RULE, pending_for_s=0))
+        tick(settings, BASE + timedelta(minutes=5))
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(evaluate).result(120)
+    tab = open_tab(live_server)
+    tab.open("/")
+    tab.ready("alerts", "alerts/rules")
+    tab.ready("alert-events", "alerts/events?page_size=10")
+    rules = api(live_server, "alerts/rules")["rules"]
+    assert {r["spec"]["name"]: r["state"] for r in rules} == {"quiet": "ok", "sdxl failing": "firing"}
+    assert tab.texts("#alerts-table tbody td:nth-child(2)") == ["sdxl failing", "quiet"]  # firing first
+    assert tab.values("#alerts-table tbody td:nth-child(1)") == ["firing", "ok"]
+    assert [number(v) for v in tab.values("#alerts-table tbody td:nth-child(4)")] == [50.0, 50.0]
+    assert tab.texts("#alerts-table tbody td:nth-child(3)")[0] == "failure_rate_pct of everything > 10 over 15 min"
+    (event,) = api(live_server, "alerts/events?page_size=10")["events"]
+    assert tab.texts("#alert-events-table tbody td:nth-child(2)") == [event["rule_name"]]
+    assert tab.values("#alert-events-table tbody td:nth-child(3)") == ["ok"]
+    assert tab.values("#alert-events-table tbody td:nth-child(4)") == ["firing"]

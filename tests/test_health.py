@@ -29,6 +29,7 @@ from tests.fix_server import LiveServer
 EVENTS = "generation_analytics.v1.EventService"
 ANALYTICS = "generation_analytics.v1.AnalyticsService"
 PIPELINE = "generation_analytics.v1.PipelineService"
+ALERTS = "generation_analytics.v1.AlertService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 UP = {"status": "SERVING", "redis": "up", "postgres": "up"}
@@ -83,6 +84,7 @@ def test_each_service_needs_what_it_reads() -> None:
         EVENTS: NOT_SERVING,
         ANALYTICS: SERVING,
         PIPELINE: NOT_SERVING,
+        ALERTS: SERVING,
     }
     postgres_down = Readiness(postgres_error="PoolTimeout")
     assert {name: postgres_down.status(name) for name in NEEDS} == {
@@ -90,6 +92,7 @@ def test_each_service_needs_what_it_reads() -> None:
         EVENTS: SERVING,
         ANALYTICS: NOT_SERVING,
         PIPELINE: NOT_SERVING,
+        ALERTS: NOT_SERVING,
     }
     assert postgres_down.as_json() == {"status": "NOT_SERVING", "redis": "up", "postgres": "down"}
 
@@ -117,7 +120,13 @@ def test_redis_outage_marks_recording_not_serving_and_stream_gauges_stale(
 
         private_redis.stop()
         eventually(lambda: statuses(server)[EVENTS] == NOT_SERVING, "EventService NOT_SERVING")
-        assert statuses(server) == {"": NOT_SERVING, EVENTS: NOT_SERVING, ANALYTICS: SERVING, PIPELINE: NOT_SERVING}
+        assert statuses(server) == {
+            "": NOT_SERVING,
+            EVENTS: NOT_SERVING,
+            ANALYTICS: SERVING,
+            PIPELINE: NOT_SERVING,
+            ALERTS: SERVING,
+        }
         assert ready(server) == (503, {"status": "NOT_SERVING", "redis": "down", "postgres": "up"})
         assert requests.get(f"{server.http}/healthz", timeout=10).status_code == 200, "liveness is not readiness"
         assert metric(server, "ga_stream_up") == 0
@@ -140,7 +149,13 @@ def test_postgres_outage_marks_questions_not_serving(settings: Settings, private
 
         private_postgres.stop()
         eventually(lambda: statuses(server)[ANALYTICS] == NOT_SERVING, "AnalyticsService NOT_SERVING")
-        assert statuses(server) == {"": NOT_SERVING, EVENTS: SERVING, ANALYTICS: NOT_SERVING, PIPELINE: NOT_SERVING}
+        assert statuses(server) == {
+            "": NOT_SERVING,
+            EVENTS: SERVING,
+            ANALYTICS: NOT_SERVING,
+            PIPELINE: NOT_SERVING,
+            ALERTS: NOT_SERVING,
+        }
         assert ready(server) == (503, {"status": "NOT_SERVING", "redis": "up", "postgres": "down"})
 
         private_postgres.start()

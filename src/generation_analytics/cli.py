@@ -381,6 +381,112 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- alerts
+
+
+def _rule_row(rule: dict[str, Any]) -> dict[str, Any]:
+    spec = rule["spec"] or {}
+    scope = spec.get("scope") or "everything"
+    scope_text = scope if scope == "everything" else f"{scope} {spec.get('scope_value')}"
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    condition = (f"{spec.get('metric')} of {scope_text} {signs.get(spec.get('comparison') or '', '?')} "
+                 f"{spec.get('threshold'):g} over {spec.get('window_minutes')} min")  # fmt: skip
+    return {"id": rule["id"], "name": spec.get("name"), "state": rule["state"], "condition": condition,
+            "last_value": rule["last_value"], "last_samples": rule["last_samples"],
+            "last_evaluated_at": rule["last_evaluated_at"], "enabled": spec.get("enabled")}  # fmt: skip
+
+
+def _alert_spec(args: argparse.Namespace) -> Any:
+    from generation_analytics.client import alert_rule_spec
+    from generation_analytics.vocabulary import UnknownValue as WordError
+
+    labels = {}
+    for item in args.label or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CliError(f"--label: expected KEY=VALUE (got {item!r})")
+        labels[key] = value
+    hooks: list[tuple[str, str]] = [(url, "standard") for url in args.webhook or []]
+    hooks += [(url, "slack") for url in args.slack_webhook or []]
+    try:
+        return alert_rule_spec(
+            args.name, args.metric, args.comparison, args.threshold, window_minutes=args.window_minutes,
+            scope=args.scope, scope_value=args.scope_value, min_samples=args.min_samples,
+            pending_for_s=args.pending_for_s, repeat_interval_s=args.repeat_interval_s, labels=labels,
+            webhooks=hooks, enabled=not args.disabled,
+        )  # fmt: skip
+    except WordError as exc:
+        raise CliError(f"--{exc.field.replace('_', '-')}: {exc}") from None
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    """alerts create | list | delete | test | events, through AlertService."""
+    with _client(args, timeout_s=args.timeout) as client:
+        command = args.alerts_command
+        if command == "create":
+            data: Any = to_jsonable(client.create_alert_rule(_alert_spec(args)))
+            text = table([_rule_row(data)], ["id", "name", "state", "condition"])
+            secrets = [f"  {t['url']}: {t['secret']}" for t in data["spec"]["targets"]]
+            if secrets:
+                text += "\nwebhook secrets (shown only now; receivers verify signatures with them):\n"
+                text += "\n".join(secrets)
+        elif command == "list":
+            data = [to_jsonable(rule) for rule in client.alert_rules()]
+            columns = ["id", "name", "state", "condition", "last_value", "last_samples", "last_evaluated_at", "enabled"]
+            text = table([_rule_row(rule) for rule in data], columns)
+        elif command == "delete":
+            client.delete_alert_rule(args.id)
+            data, text = {"deleted": args.id}, f"alert rule {args.id} deleted"
+        elif command == "test":
+            data = to_jsonable(client.test_alert_rule(args.id))
+            text = fields_block(data)
+        else:
+            data = to_jsonable(client.alert_events(args.rule_id, page_size=args.page_size, page_token=args.page_token))
+            text = table(data["events"], ["id", "at", "rule_name", "from_state", "to_state", "value", "threshold",
+                                          "samples", "message"])  # fmt: skip
+            if data["next_page_token"]:
+                text += f"\nnext page: --page-token {data['next_page_token']}"
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def _add_alert_commands(sub: Any) -> None:
+    from generation_analytics.vocabulary import AlertMetric, AlertScope, Comparison
+
+    alerts = sub.add_parser("alerts", help="alert rules: create, list, delete, test; their events")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    create = alerts_sub.add_parser("create", help="a new rule (prints generated webhook secrets once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--metric", required=True, choices=[w.value for w in AlertMetric])
+    create.add_argument("--comparison", required=True, choices=[w.value for w in Comparison])
+    create.add_argument("--threshold", required=True, type=float)
+    create.add_argument("--window-minutes", type=int, default=15, help="a multiple of 15 (default 15)")
+    create.add_argument("--scope", default="everything", choices=[w.value for w in AlertScope])
+    create.add_argument("--scope-value", default="", help="the checkpoint or error type of the scope")
+    create.add_argument("--min-samples", type=int, default=0, help="fewer in the window: NO_DATA")
+    create.add_argument("--pending-for-s", type=int, default=0, help="breaching this long before FIRING")
+    create.add_argument("--repeat-interval-s", type=int, default=0, help="notify again while FIRING (0: never)")
+    create.add_argument("--label", action="append", help="KEY=VALUE, copied into notifications (repeatable)")
+    create.add_argument("--webhook", action="append", help="URL for signed standard webhooks (repeatable)")
+    create.add_argument("--slack-webhook", action="append", help="URL for Slack-compatible bodies (repeatable)")
+    create.add_argument("--disabled", action="store_true", help="store it without evaluating it")
+    alerts_sub.add_parser("list", help="every rule and where it stands")
+    delete = alerts_sub.add_parser("delete", help="remove a rule and its history")
+    delete.add_argument("id", type=int)
+    test = alerts_sub.add_parser("test", help="evaluate a rule now (nothing stored or sent)")
+    test.add_argument("id", type=int)
+    events = alerts_sub.add_parser("events", help="state transitions, newest first")
+    events.add_argument("--rule-id", type=int, default=0, help="one rule's (default: every rule's)")
+    events.add_argument("--page-size", type=int, default=50)
+    events.add_argument("--page-token", default="")
+    for command in alerts_sub.choices.values():
+        command.add_argument("--target", default=DEFAULT_TARGET, help="gRPC address (env GA_TARGET)")
+        command.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        _add_connection_arguments(command)
+    alerts.set_defaults(func=_alerts)
+
+
 def _hour(option: str, text: str) -> datetime:
     """`text` as an aware datetime (UTC unless it says otherwise); CliError naming `option` if it is not one."""
     try:
@@ -584,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service (embedded Postgres/Redis when none is configured)")
     serve.add_argument("--print-settings", action="store_true", help="print the effective settings and exit")
     serve.set_defaults(func=_serve)
-    worker = sub.add_parser("worker", help="run only the pipeline (transfer, aggregation, retention) on a schedule")
+    worker = sub.add_parser(
+        "worker", help="run only the pipeline (transfer, aggregation, retention, alerts) on its schedule"
+    )
     worker.set_defaults(func=_worker)
     migrate = sub.add_parser("migrate", help="apply the schema migrations (safe to run twice)")
     migrate.add_argument("--dsn", default="", help="Postgres DSN (default: GA_POSTGRES_DSN, else embedded)")
@@ -621,6 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate = sub.choices["aggregate"]
     aggregate.add_argument("--start-hour", help="ISO time, UTC unless it says otherwise")
     aggregate.add_argument("--end-hour", help="ISO time, UTC unless it says otherwise")
+
+    _add_alert_commands(sub)
 
     demo = sub.add_parser("demo", help="load a realistic history and send live traffic through the public API")
     demo.add_argument("--target", default=DEFAULT_TARGET)

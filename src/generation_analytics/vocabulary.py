@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
 
-from generation_analytics.v1 import analytics_pb2, events_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2
 
 
 class UnknownValue(ValueError):
@@ -85,11 +85,70 @@ class UserOrder(Word):
     GPU_TIME = "gpu_time"
 
 
+class AlertMetric(Word):
+    """What an alert rule measures over its window (alerts.proto documents each)."""
+
+    FAILURE_RATE_PCT = "failure_rate_pct"
+    SUCCESS_RATE_PCT = "success_rate_pct"
+    P95_DURATION_MS = "p95_duration_ms"
+    P99_DURATION_MS = "p99_duration_ms"
+    REQUEST_VOLUME = "request_volume"
+    CANCELLATION_RATE_PCT = "cancellation_rate_pct"
+    AVG_QUEUE_LENGTH = "avg_queue_length"
+    FAILURES = "failures"
+    DEAD_LETTERS = "dead_letters"
+    PIPELINE_LAG_S = "pipeline_lag_s"
+
+
+class AlertScope(Word):
+    """Which events an alert rule looks at."""
+
+    EVERYTHING = "everything"
+    CHECKPOINT = "checkpoint"
+    ERROR_TYPE = "error_type"
+
+
+class Comparison(Word):
+    """How a rule compares its value with its threshold: breaching when true."""
+
+    GT = "gt"
+    GE = "ge"
+    LT = "lt"
+    LE = "le"
+
+    def holds(self, value: float, threshold: float) -> bool:
+        return {"gt": value > threshold, "ge": value >= threshold, "lt": value < threshold,
+                "le": value <= threshold}[self.value]  # fmt: skip
+
+
+class AlertState(Word):
+    """Where an alert rule stands."""
+
+    OK = "ok"
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+    NO_DATA = "no_data"
+    ERROR = "error"
+
+
+class WebhookFormat(Word):
+    """The body posted to a webhook target."""
+
+    STANDARD = "standard"
+    SLACK = "slack"
+
+
 PROTO_ENUMS: dict[type[Word], EnumDescriptor] = {
     EventType: events_pb2.EventType.DESCRIPTOR,
     Interval: analytics_pb2.Interval.DESCRIPTOR,
     Order: analytics_pb2.EventOrder.DESCRIPTOR,
     UserOrder: analytics_pb2.UserOrder.DESCRIPTOR,
+    AlertMetric: alerts_pb2.AlertMetric.DESCRIPTOR,
+    AlertScope: alerts_pb2.AlertScope.DESCRIPTOR,
+    Comparison: alerts_pb2.Comparison.DESCRIPTOR,
+    AlertState: alerts_pb2.AlertState.DESCRIPTOR,
+    WebhookFormat: alerts_pb2.WebhookFormat.DESCRIPTOR,
 }
 WORDS_BY_PROTO: dict[str, type[Word]] = {descriptor.full_name: cls for cls, descriptor in PROTO_ENUMS.items()}
 

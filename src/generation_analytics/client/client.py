@@ -16,6 +16,8 @@ import grpc
 from generation_analytics.client.errors import AnalyticsClientError
 from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, to_request
 from generation_analytics.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
     analytics_pb2,
     analytics_pb2_grpc,
     events_pb2,
@@ -47,6 +49,12 @@ RPC_METHODS = {
     "GetPipelineStatus": "pipeline_status",
     "RunTransfer": "run_transfer",
     "RunAggregation": "run_aggregation",
+    "CreateAlertRule": "create_alert_rule",
+    "UpdateAlertRule": "update_alert_rule",
+    "ListAlertRules": "alert_rules",
+    "DeleteAlertRule": "delete_alert_rule",
+    "TestAlertRule": "test_alert_rule",
+    "ListAlertEvents": "alert_events",
 }
 
 R = TypeVar("R")
@@ -150,6 +158,7 @@ class AnalyticsClient:
         self._events = events_pb2_grpc.EventServiceStub(self._channel)
         self._analytics = analytics_pb2_grpc.AnalyticsServiceStub(self._channel)
         self._pipeline = pipeline_pb2_grpc.PipelineServiceStub(self._channel)
+        self._alerts = alerts_pb2_grpc.AlertServiceStub(self._channel)
 
     def close(self) -> None:
         if self._own_channel:
@@ -330,3 +339,72 @@ class AnalyticsClient:
         if end_hour is not None:
             request.end_hour.CopyFrom(_timestamp(end_hour))
         return self._call(self._pipeline.RunAggregation, request, timeout_s=timeout_s)
+
+    # AlertService (build a rule's definition with `alert_rule_spec`)
+
+    def create_alert_rule(self, rule: alerts_pb2.AlertRuleSpec) -> alerts_pb2.AlertRule:
+        """Store a rule; the answer shows generated webhook secrets in full (the only time)."""
+        return self._call(self._alerts.CreateAlertRule, alerts_pb2.CreateAlertRuleRequest(rule=rule)).rule
+
+    def update_alert_rule(self, rule_id: int, rule: alerts_pb2.AlertRuleSpec) -> alerts_pb2.AlertRule:
+        return self._call(self._alerts.UpdateAlertRule, alerts_pb2.UpdateAlertRuleRequest(id=rule_id, rule=rule)).rule
+
+    def alert_rules(self) -> list[alerts_pb2.AlertRule]:
+        return list(self._call(self._alerts.ListAlertRules, alerts_pb2.ListAlertRulesRequest()).rules)
+
+    def delete_alert_rule(self, rule_id: int) -> None:
+        self._call(self._alerts.DeleteAlertRule, alerts_pb2.DeleteAlertRuleRequest(id=rule_id))
+
+    def test_alert_rule(
+        self, rule_id: int = 0, rule: alerts_pb2.AlertRuleSpec | None = None
+    ) -> alerts_pb2.TestAlertRuleResponse:
+        """Evaluate a stored rule (by id) or a definition now; nothing is stored or sent."""
+        return self._call(self._alerts.TestAlertRule, alerts_pb2.TestAlertRuleRequest(id=rule_id, rule=rule))
+
+    def alert_events(
+        self, rule_id: int = 0, *, page_size: int = 0, page_token: str = ""
+    ) -> alerts_pb2.ListAlertEventsResponse:
+        """State transitions, newest first (of one rule, or of all with rule_id 0)."""
+        request = alerts_pb2.ListAlertEventsRequest(rule_id=rule_id, page_size=page_size, page_token=page_token)
+        return self._call(self._alerts.ListAlertEvents, request)
+
+
+def alert_rule_spec(
+    name: str,
+    metric: str,
+    comparison: str,
+    threshold: float,
+    *,
+    window_minutes: int = 15,
+    scope: str = "everything",
+    scope_value: str = "",
+    min_samples: int = 0,
+    pending_for_s: int = 0,
+    repeat_interval_s: int = 0,
+    labels: dict[str, str] | None = None,
+    webhooks: Sequence[str | tuple[str, str] | tuple[str, str, str]] = (),
+    enabled: bool = True,
+) -> alerts_pb2.AlertRuleSpec:
+    """A rule definition from words (`"failure_rate_pct"`, `"gt"`, `"checkpoint"`); each webhook is a url,
+    (url, format) or (url, format, secret) with format "standard" or "slack"."""
+    from generation_analytics.vocabulary import AlertMetric, AlertScope, Comparison, WebhookFormat
+
+    targets = []
+    for hook in webhooks:
+        url, fmt, secret = (hook, "standard", "") if isinstance(hook, str) else (*hook, "")[:3]
+        targets.append(alerts_pb2.WebhookTarget(url=url, secret=secret, format=WebhookFormat.parse(fmt).to_proto()))  # type: ignore[arg-type]
+    return alerts_pb2.AlertRuleSpec(
+        name=name,
+        metric=AlertMetric.parse(metric, field="metric").to_proto(),  # type: ignore[arg-type]
+        comparison=Comparison.parse(comparison, field="comparison").to_proto(),  # type: ignore[arg-type]
+        threshold=threshold,
+        window_minutes=window_minutes,
+        scope=AlertScope.parse(scope, field="scope").to_proto(),  # type: ignore[arg-type]
+        scope_value=scope_value,
+        min_samples=min_samples,
+        pending_for_s=pending_for_s,
+        repeat_interval_s=repeat_interval_s,
+        labels=labels or {},
+        targets=targets,
+        enabled=enabled,
+    )

@@ -296,6 +296,21 @@ class PriceSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlertSettings:
+    """Alert evaluation and webhook delivery (README "Alerts"). Rules are evaluated once per tick of
+    `interval_s` cluster-wide; deliveries are retried with exponential backoff from `retry_base_s` up to
+    `retry_max_s`, `max_attempts` times in all."""
+
+    enabled: bool = True
+    interval_s: float = 60.0
+    delivery_interval_s: float = 2.0
+    webhook_timeout_s: float = 5.0
+    max_attempts: int = 6
+    retry_base_s: float = 10.0
+    retry_max_s: float = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything the service needs, built once by `load_settings`; each component receives its sections."""
 
@@ -310,6 +325,7 @@ class Settings:
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     prices: PriceSettings = field(default_factory=PriceSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
 
@@ -354,6 +370,13 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_AGGREGATION_BATCH_HOURS": ("aggregation", "batch_hours"),
     "GA_RETENTION_DAYS": ("retention", "days"),
     "GA_GPU_PRICES": ("prices", "gpu_prices"),
+    "GA_ALERTS_ENABLED": ("alerts", "enabled"),
+    "GA_ALERTS_INTERVAL_S": ("alerts", "interval_s"),
+    "GA_ALERTS_DELIVERY_INTERVAL_S": ("alerts", "delivery_interval_s"),
+    "GA_ALERTS_WEBHOOK_TIMEOUT_S": ("alerts", "webhook_timeout_s"),
+    "GA_ALERTS_MAX_ATTEMPTS": ("alerts", "max_attempts"),
+    "GA_ALERTS_RETRY_BASE_S": ("alerts", "retry_base_s"),
+    "GA_ALERTS_RETRY_MAX_S": ("alerts", "retry_max_s"),
     "GA_DATA_DIR": ("", "data_dir"),
     "GA_LOG_LEVEL": ("", "log_level"),
 }
@@ -427,6 +450,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 __all__ = [
     "ENVIRONMENT",
     "AggregationSettings",
+    "AlertSettings",
     "AuthSettings",
     "GpuPrices",
     "LimitSettings",

@@ -31,7 +31,7 @@ from generation_analytics.service.api.keys import (
 )
 from generation_analytics.service.errors import PermissionDenied, Unauthenticated
 from generation_analytics.service.settings import AuthSettings
-from generation_analytics.v1 import analytics_pb2, events_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ RPC_RULES: dict[str, Requirement] = {
     "/generation_analytics.v1.PipelineService/GetPipelineStatus": Scope.READ,
     "/generation_analytics.v1.PipelineService/RunTransfer": Scope.ADMIN,
     "/generation_analytics.v1.PipelineService/RunAggregation": Scope.ADMIN,
+    # Alerts: rules are managed (and test-evaluated) with `admin`; what stands and what happened is `read`.
+    **dict.fromkeys(_methods(alerts_pb2, "AlertService"), Scope.ADMIN),
+    "/generation_analytics.v1.AlertService/ListAlertRules": Scope.READ,
+    "/generation_analytics.v1.AlertService/ListAlertEvents": Scope.READ,
 }
 # Services outside the contract, by service name.
 SERVICE_RULES: dict[str, Requirement] = {

@@ -124,7 +124,7 @@ def to_message(obj: Any, message_cls: type[M]) -> M:
 
 
 def _field_value(descriptor: Any, value: Any) -> Any:
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_single_value(descriptor, item) for item in value]
     return _single_value(descriptor, value)
 

@@ -50,6 +50,7 @@ from google.protobuf.message_factory import GetMessageClass
 from generation_analytics.export import csv_text, record_row
 from generation_analytics.jsonify import to_jsonable
 from generation_analytics.questions import QUESTIONS, Question, UnknownValue, build, field_type
+from generation_analytics.service.alerts import history, rules
 from generation_analytics.service.api.auth import KeyCache, bearer, http_requirement
 from generation_analytics.service.api.convert import pipeline_status_message, to_message
 from generation_analytics.service.api.health import ReadinessProbe
@@ -61,7 +62,7 @@ from generation_analytics.service.metrics import CONTENT_TYPE
 from generation_analytics.service.queries.service import AnalyticsQueries
 from generation_analytics.service.queries.status import pipeline_status, stream_status
 from generation_analytics.service.settings import TlsSettings
-from generation_analytics.v1 import analytics_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,25 @@ def build_app(runtime: Runtime) -> web.Application:
         """Liveness: the process serves HTTP. Whether it can answer questions is /readyz."""
         return web.json_response({"status": "SERVING"})
 
+    async def alert_rules(request: web.Request) -> web.Response:
+        """ListAlertRules (secrets masked)."""
+        Params(request, frozenset())
+        async with runtime.pool.connection() as conn:
+            found = await rules.list_rules(conn)
+        return _reply(
+            alerts_pb2.ListAlertRulesResponse(rules=[to_message(rules.masked(r), alerts_pb2.AlertRule) for r in found])
+        )
+
+    async def alert_events(request: web.Request) -> web.Response:
+        """ListAlertEvents: ?rule_id=&page_size=&page_token=."""
+        params = Params(request, frozenset({"rule_id", "page_size", "page_token"}))
+        async with runtime.pool.connection() as conn:
+            page = await history.list_events(
+                conn, rule_id=params.integer("rule_id") or None, page_size=params.integer("page_size"),
+                page_token=params.value("page_token", str) or "",
+            )  # fmt: skip
+        return _reply(to_message(page, alerts_pb2.ListAlertEventsResponse))
+
     readiness = ReadinessProbe(runtime)
 
     async def ready(request: web.Request) -> web.Response:
@@ -320,6 +340,8 @@ def build_app(runtime: Runtime) -> web.Application:
             *Dashboard(auth_required=runtime.api_keys is not None).routes(),
             *(web.get(PREFIX + path, asking(runtime.queries, path, QUESTIONS[rpc])) for path, rpc in ROUTES.items()),
             web.get(f"{PREFIX}/pipeline/status", status),
+            web.get(f"{PREFIX}/alerts/rules", alert_rules),
+            web.get(f"{PREFIX}/alerts/events", alert_events),
             web.get("/metrics", metrics),
             web.get("/healthz", health),
             web.get("/readyz", ready),

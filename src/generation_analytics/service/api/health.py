@@ -9,6 +9,7 @@ gRPC health status of each service from what it needs:
 | `generation_analytics.v1.EventService` | Redis is unreachable (recording appends to the stream) |
 | `generation_analytics.v1.AnalyticsService` | Postgres is unreachable (answers come from the rollups) |
 | `generation_analytics.v1.PipelineService` | either is (transfer reads the stream and writes Postgres) |
+| `generation_analytics.v1.AlertService` | Postgres is unreachable (rules, states and events live there) |
 | `""` (the server as a whole) | either is |
 
 Statuses change only on a transition, which is logged once (down with the reason, up again). The HTTP
@@ -30,7 +31,7 @@ from grpc_health.v1 import health_pb2
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.api.runtime import Runtime
-from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2, pipeline_pb2
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name: (REDIS,),
     analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name: (POSTGRES,),
     pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name: (REDIS, POSTGRES),
+    alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name: (POSTGRES,),
 }
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from psycopg.conninfo import conninfo_to_dict
 
+from generation_analytics.service.api.alert_rpc import AlertServicer
 from generation_analytics.service.api.auth import AuthInterceptor, auth_enabled, is_loopback
 from generation_analytics.service.api.gateway import start_gateway
 from generation_analytics.service.api.health import HealthMonitor
@@ -32,7 +33,7 @@ from generation_analytics.service.api.rpc import AnalyticsServicer, EventService
 from generation_analytics.service.api.runtime import Runtime
 from generation_analytics.service.embedded import start_embedded
 from generation_analytics.service.settings import Settings, TlsSettings
-from generation_analytics.v1 import analytics_pb2, events_pb2, pipeline_pb2
+from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2, pipeline_pb2
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ SERVICES = {
     "EventService": events_pb2.DESCRIPTOR.services_by_name["EventService"],
     "AnalyticsService": analytics_pb2.DESCRIPTOR.services_by_name["AnalyticsService"],
     "PipelineService": pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"],
+    "AlertService": alerts_pb2.DESCRIPTOR.services_by_name["AlertService"],
 }
 SERVICE_NAMES = tuple(service.full_name for service in SERVICES.values())
 
@@ -82,6 +84,8 @@ async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> Grp
     add_service(server, EventServicer(runtime.capture, metrics), SERVICES["EventService"])
     add_service(server, AnalyticsServicer(runtime.queries, metrics), SERVICES["AnalyticsService"])
     add_service(server, pipeline, SERVICES["PipelineService"])
+    alerts = AlertServicer(pool=runtime.pool, redis_client=runtime.redis, keys=runtime.keys, metrics=metrics)
+    add_service(server, alerts, SERVICES["AlertService"])
 
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

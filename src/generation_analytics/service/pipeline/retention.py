@@ -1,4 +1,5 @@
-"""Retention: remove raw events older than the retention age in small batches; rollups stay.
+"""Retention: remove raw events (and alert transitions) older than the retention age in small batches;
+rollups stay.
 
 Each batch is its own short transaction, so no lock is held for long and transfer keeps flowing.
 Only one replica prunes at a time (a session advisory try-lock); the others skip the run.
@@ -24,6 +25,8 @@ DELETE FROM generation_events
 WHERE id IN (SELECT id FROM generation_events WHERE timestamp < %(cutoff)s ORDER BY timestamp LIMIT %(limit)s)
 """
 DELETE_OLD_DEAD_LETTERS = "DELETE FROM generation_events_dead_letter WHERE dead_lettered_at < %(cutoff)s"
+# Alert transitions as old as the raw events go too, with their deliveries and attempts (ON DELETE CASCADE).
+DELETE_OLD_ALERT_EVENTS = "DELETE FROM alert_events WHERE at < %(cutoff)s"
 
 
 @dataclass
@@ -54,6 +57,7 @@ def prune(pool: ConnectionPool, settings: RetentionSettings, *, now: datetime | 
                     if deleted < settings.batch_rows:
                         break
                 conn.execute(DELETE_OLD_DEAD_LETTERS, {"cutoff": cutoff})
+                conn.execute(DELETE_OLD_ALERT_EVENTS, {"cutoff": cutoff})
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (RETENTION_LOCK_ID,))
         finally:

@@ -1,5 +1,5 @@
-"""The pipeline of one process (transfer, aggregation, retention on their schedule), and `run_worker`,
-which runs it alone."""
+"""The pipeline of one process (transfer, aggregation, retention, alert evaluation and delivery on their
+schedule), and `run_worker`, which runs it alone."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from generation_analytics.service.alerts.evaluator import AlertEvaluator
+from generation_analytics.service.alerts.webhooks import WebhookSender
 from generation_analytics.service.db import sync_pool
 from generation_analytics.service.migrate import migrate
 from generation_analytics.service.pipeline.aggregate import PARTS, AggregationReport, Aggregator
@@ -22,6 +24,7 @@ from generation_analytics.service.pipeline.scheduler import JobObserver, Pipelin
 from generation_analytics.service.pipeline.transfer import FailPoint, Transfer, TransferReport
 from generation_analytics.service.settings import (
     AggregationSettings,
+    AlertSettings,
     PostgresSettings,
     RedisSettings,
     RetentionSettings,
@@ -49,6 +52,7 @@ class Pipeline:
         transfer: TransferSettings,
         aggregation: AggregationSettings,
         retention: RetentionSettings,
+        alerts: AlertSettings | None = None,
         fail_point: FailPoint | None = None,
         observe: JobObserver | None = None,
     ) -> None:
@@ -74,7 +78,16 @@ class Pipeline:
         self.transfer_job = job("transfer", self.transfer.run, schedule.transfer_interval_s)
         self.aggregation_job = job("aggregation", self.aggregator.run, schedule.aggregation_interval_s)
         self.retention_job = job("retention", self.prune, schedule.retention_interval_s)
-        self.scheduler = PipelineScheduler([self.transfer_job, self.aggregation_job, self.retention_job])
+        jobs = [self.transfer_job, self.aggregation_job, self.retention_job]
+        # Alerts: evaluation once per tick cluster-wide, and the webhook outbox apart from it, so a slow
+        # receiver never delays an evaluation (service/alerts/).
+        alerts = alerts or AlertSettings()
+        self.alerts = AlertEvaluator(postgres=postgres, redis_settings=redis_settings, settings=alerts)
+        self.webhooks = WebhookSender(postgres=postgres, settings=alerts)
+        if alerts.enabled:
+            jobs.append(job("alerts", self.alerts.run, alerts.interval_s))
+            jobs.append(job("alert-delivery", self.webhooks.run, alerts.delivery_interval_s))
+        self.scheduler = PipelineScheduler(jobs)
 
     @classmethod
     def of(cls, settings: Settings, **kwargs: Any) -> Pipeline:
@@ -86,6 +99,7 @@ class Pipeline:
             transfer=settings.transfer,
             aggregation=settings.aggregation,
             retention=settings.retention,
+            alerts=settings.alerts,
             **kwargs,
         )
 
@@ -117,7 +131,7 @@ class Pipeline:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run only the pipeline (transfer, aggregation, retention) until SIGTERM/SIGINT.
+    """Run only the pipeline (transfer, aggregation, retention, alerts) until SIGTERM/SIGINT.
 
     For deployments that scale the pipeline apart from the gRPC front end; replicas of either kind
     share the work safely. Needs an explicit Postgres DSN and Redis URL.

@@ -15,7 +15,7 @@
   const API = 'api/v1/analytics/generation/';
   const KEY_STORE = 'generation-analytics.api-key';
   const CHART_HEIGHT = 200;
-  const MAIN_PANELS = ['overview', 'trends', 'models', 'failures', 'peak', 'users', 'pipeline', 'events'];
+  const MAIN_PANELS = ['overview', 'trends', 'models', 'failures', 'peak', 'users', 'pipeline', 'alerts', 'alert-events', 'events'];
   const USER_PANELS = ['overview', 'user'];
   const DAYS = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'];
   const DOW = [1, 2, 3, 4, 5, 6, 0]; // the API's day_of_week (0 = Sunday) of each row above
@@ -602,6 +602,39 @@
     ], '');
   }
 
+  // Alerts: firing rules first, then the others by how much attention they need.
+  const ALERT_ORDER = ['firing', 'pending', 'error', 'no_data', 'resolved', 'ok'];
+  const SIGNS = {gt: '>', ge: '≥', lt: '<', le: '≤'};
+  const stateCell = (s) => el('td', {class: 'text state-' + s + (s === 'firing' || s === 'error' ? ' failed' : s === 'ok' || s === 'resolved' ? ' ok' : ''), value: s, text: s.replace('_', ' ')});
+
+  function condition(spec) {
+    const scope = spec.scope === 'everything' ? 'everything' : `${spec.scope.replace('_', ' ')} ${spec.scope_value}`;
+    return `${spec.metric} of ${scope} ${SIGNS[spec.comparison] || spec.comparison} ${spec.threshold} over ${spec.window_minutes} min`;
+  }
+
+  function renderAlerts(d) {
+    const rules = d.rules.slice().sort((a, b) => ALERT_ORDER.indexOf(a.state) - ALERT_ORDER.indexOf(b.state) || a.id - b.id);
+    fillBody($('#alerts-table tbody'), rules, [
+      (r) => stateCell(r.state),
+      (r) => cell(r.spec.name, null, 'text'),
+      (r) => cell(condition(r.spec), null, 'text wrap'),
+      (r) => cell(r.last_value, fmt.dec),
+      (r) => cell(r.last_samples, fmt.int),
+      (r) => cell(r.state_since, fmt.time, 'text'),
+    ], 'No alert rules (generation-analytics alerts create)');
+  }
+
+  function renderAlertEvents(d) {
+    fillBody($('#alert-events-table tbody'), d.events, [
+      (e) => cell(e.at, fmt.time, 'text'),
+      (e) => cell(e.rule_name, null, 'text'),
+      (e) => stateCell(e.from_state),
+      (e) => stateCell(e.to_state),
+      (e) => cell(e.value, fmt.dec),
+      (e) => cell(e.samples, fmt.int),
+    ], 'No transitions yet');
+  }
+
   const activityColumns = (withUser) => [
     (e) => cell(e.timestamp, fmt.time, 'text'),
     (e) => cell(e.event_type, null, 'text'),
@@ -678,6 +711,8 @@
     peak: {query: () => `peak-hours?days=${state.days}`, render: renderPeak},
     users: {query: () => `users?days=${state.days}&limit=10`, render: renderUsers},
     pipeline: {query: () => 'pipeline/status', render: renderPipeline},
+    alerts: {query: () => 'alerts/rules', render: renderAlerts},
+    'alert-events': {query: () => 'alerts/events?page_size=10', render: renderAlertEvents},
     events: {query: eventsQuery, render: renderEvents},
     user: {query: () => `users/${encodeURIComponent(state.user)}?days=${state.days}`, render: renderUser},
   };
