@@ -27,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 from bench import (
     aggregation_cardinality,
     aggregation_hour,
+    dashboard,
     dataset,
     freshness,
     ingest,
@@ -75,6 +76,16 @@ def print_scaling(p95s: dict[str, dict[str, float]], sizes: list[str]) -> None:
         print(f"  {name:<{width}}" + "".join(f"{by_size.get(s, float('nan')):14.1f}" for s in sizes))
 
 
+def dashboard_figures(dbname: str, *, loads: int) -> list[Figure]:
+    """bench.dashboard on the data set `dbname` (page weight, first render), or why it could not run."""
+    try:
+        dashboard.chromium()
+    except SystemExit as missing:
+        return [Figure("dashboard first render", f"not measured: {missing}")]
+    with dashboard.service_on(dbname) as url:
+        return dashboard.measure(url, loads=loads, screenshot=None, width=1400)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -120,6 +131,7 @@ def main() -> None:
     ]
 
     figures += [("wide keys", f) for f in wide_keys.measure(keys=10_000 if args.quick else 50_000, runs=5)]
+    figures += [("dashboard", f) for f in dashboard_figures(DATABASES[seed_size], loads=3 if args.quick else 7)]
 
     print(f"\nGeneration Analytics benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}, "

@@ -541,8 +541,8 @@ def test_top_users_at_a_months_last_hour_leave_out_events_ahead_in_the_next_mont
     month_end = datetime(today.year, today.month, 1, tzinfo=UTC) - timedelta(days=1)
     month_end = datetime(month_end.year, month_end.month, 1, tzinfo=UTC)  # 1st of last month: a month ends here
     user = str(uuid.uuid4())
-    inside = [make_event("request", user_id=user, timestamp=month_end - timedelta(hours=2, minutes=i)) for i in range(3)]
-    ahead = [make_event("request", user_id=user, timestamp=month_end + timedelta(minutes=10 + i)) for i in range(2)]
+    inside = [make_event("request", user_id=user, timestamp=month_end - timedelta(minutes=120 + m)) for m in (0, 1, 2)]
+    ahead = [make_event("request", user_id=user, timestamp=month_end + timedelta(minutes=10 + m)) for m in range(2)]
     push(stream_client, settings.redis.namespace, inside + ahead)
     pipeline = Pipeline.of(settings)
     try:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -48,12 +49,12 @@ def test_an_error_reply_goes_to_its_own_caller_only(redis_url: str) -> None:
     async def scenario() -> None:
         link = RedisLink(redis_url, timeout_s=5)
         try:
-            good, bad, after = await asyncio.gather(
+            replies: Any = await asyncio.gather(
                 link.execute("ECHO", "a"), link.execute("NO-SUCH-COMMAND"), link.execute("ECHO", "b"),
                 return_exceptions=True,
             )  # fmt: skip
-            assert (good, after) == (b"a", b"b")
-            assert isinstance(bad, redis.exceptions.ResponseError)
+            assert (replies[0], replies[2]) == (b"a", b"b")
+            assert isinstance(replies[1], redis.exceptions.ResponseError)
         finally:
             await link.close()
 
@@ -78,7 +79,7 @@ async def stalling_proxy(target_url: str, *, stalled_connections: int) -> AsyncI
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal seen
         seen += 1
-        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        handlers.add(asyncio.current_task())
         writers.append(writer)
         if seen <= stalled_connections:
             with contextlib.suppress(OSError):
