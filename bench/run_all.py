@@ -3,7 +3,8 @@
 The query benchmarks (bench.query_latency, bench.list_events_matrix) run on data sets of 1M, 10M and
 30M events (--sizes), built by bench.dataset one after the other (databases ga_bench_1m, ga_bench,
 ga_bench_30m); a table then shows every RPC's p95 at each size, so cost that grows with the data shows.
-The seed SQL and the other benchmarks run once (10M, or the largest size asked for).
+The seed SQL and the other benchmarks run once (10M, or the largest size asked for); bench.dashboard
+(first render in Chromium) runs last, on that data set too, and says so in the table when no Chromium is found.
 
 .venv/bin/python -m bench.run_all                    # full: ~75 min on the 2-core machine, ~50 of them
                                                      # building the three data sets
