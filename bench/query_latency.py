@@ -42,6 +42,9 @@ TARGETS_P95_MS = {"ListTopUsers": 20.0}  # issue 17: ranking users from running 
 DAYS = [1, 7, 30, 90]
 MODELS = ["sdxl-1.0", "flux-dev", "kandinsky-3", "playground-v2"]
 ERRORS = ["OutOfMemory", "Timeout", "ModelLoadError"]
+# Newest pages of every event type: requests and cancellations with a completion's filters match nothing,
+# which an index must prove without reading the window (issue 17).
+NEWEST_TYPES = (EventType.COMPLETION, EventType.CANCELLATION, EventType.REQUEST)
 SEED = Path(__file__).parents[1] / "docs" / "seed" / "generation_analytics_examples.md"
 
 
@@ -65,7 +68,7 @@ def calls(stub: analytics_pb2_grpc.AnalyticsServiceStub, users: list[str]) -> di
         values = {
             "user_id": users[0] if i % 3 else users[3],
             "model_checkpoint": MODELS[i % len(MODELS)],
-            "event_type": EventType.COMPLETION if order is Order.SLOWEST or i % 2 else EventType.CANCELLATION,
+            "event_type": EventType.COMPLETION if order is Order.SLOWEST else NEWEST_TYPES[(i // 2) % 3],
             "success": bool(i % 4 == 0),
             "error_type": ERRORS[i % len(ERRORS)],
             "min_duration_ms": [1_000, 5_000, 15_000][i % 3],
