@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -47,14 +48,14 @@ def _module_name() -> str:
 
 
 @contextlib.contextmanager
-def scratch_database(name: str | None = None, *, keep: bool = False) -> Iterator[str]:
-    """A freshly migrated database, dropped afterwards unless `keep`."""
+def scratch_database(name: str | None = None, *, keep: bool = False, schema: Path | None = None) -> Iterator[str]:
+    """A freshly migrated database (the migrations in `schema`, else the package's), dropped unless `keep`."""
     name = name or f"ga_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(ADMIN_DSN, dbname=name)
     try:
-        migrate(dsn)
+        migrate(dsn, folder=schema)
         yield dsn
     finally:
         if not keep:

@@ -109,7 +109,7 @@ def service_on(dbname: str) -> Iterator[str]:
     """`serve` on the data set `dbname` (pipeline off: the data set is complete), its gateway's URL."""
     dsn = make_conninfo(ADMIN_DSN, dbname=dbname)
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM generation_events").fetchone()
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM generation_events)").fetchone()
     if not row or not row[0]:
         raise SystemExit(f"no events in {dbname}: run `.venv/bin/python -m bench.dataset --dbname {dbname}` first")
     http = f"127.0.0.1:{free_port()}"

@@ -3,7 +3,8 @@
 The query benchmarks (bench.query_latency, bench.list_events_matrix) run on data sets of 1M, 10M and
 30M events (--sizes), built by bench.dataset one after the other (databases ga_bench_1m, ga_bench,
 ga_bench_30m); a table then shows every RPC's p95 at each size, so cost that grows with the data shows.
-The seed SQL and the other benchmarks run once (10M, or the largest size asked for).
+The seed SQL and the other benchmarks run once (10M, or the largest size asked for); bench.dashboard
+(first render in Chromium) runs last, on that data set too, and says so in the table when no Chromium is found.
 
 .venv/bin/python -m bench.run_all                    # full: ~75 min on the 2-core machine, ~50 of them
                                                      # building the three data sets
@@ -27,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 from bench import (
     aggregation_cardinality,
     aggregation_hour,
+    dashboard,
     dataset,
     export,
     freshness,
@@ -74,6 +76,16 @@ def print_scaling(p95s: dict[str, dict[str, float]], sizes: list[str]) -> None:
     print(f"  {'RPC':<{width}}" + "".join(f"{SIZES[s]:>14,}" for s in sizes))
     for name, by_size in p95s.items():
         print(f"  {name:<{width}}" + "".join(f"{by_size.get(s, float('nan')):14.1f}" for s in sizes))
+
+
+def dashboard_figures(dbname: str, *, loads: int) -> list[Figure]:
+    """bench.dashboard on the data set `dbname` (page weight, first render), or why it could not run."""
+    try:
+        dashboard.chromium()
+    except SystemExit as missing:
+        return [Figure("dashboard first render", f"not measured: {missing}")]
+    with dashboard.service_on(dbname) as url:
+        return dashboard.measure(url, loads=loads, screenshot=None, width=1400)
 
 
 def main() -> None:
@@ -124,6 +136,7 @@ def main() -> None:
     figures += [
         ("export", f) for f in export.measure(events=200_000 if args.quick else 1_000_000, reuse=args.reuse_dataset)
     ]
+    figures += [("dashboard", f) for f in dashboard_figures(DATABASES[seed_size], loads=3 if args.quick else 7)]
 
     print(f"\nGeneration Analytics benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}, "

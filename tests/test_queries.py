@@ -523,3 +523,37 @@ def test_group_quantiles_read_each_group_as_sketches_does(groups: dict[int, list
             assert key not in got
         else:
             assert got[key] == pytest.approx(sketches.quantiles(dense, [q])[0], rel=1e-12)
+
+
+def test_top_users_at_a_months_last_hour_leave_out_events_ahead_in_the_next_month(
+    settings: Any, stream_client: redis.Redis
+) -> None:
+    """A window ending at a month's end reads that month's rows only: events already stamped in the next
+    month (clocks ahead) are outside it and must not be subtracted from it."""
+    import asyncio
+
+    from generation_analytics.service.pipeline.worker import Pipeline
+    from generation_analytics.service.queries.users import top_users
+    from generation_analytics.service.queries.window import window
+    from tests.fix_pipeline import push
+
+    today = datetime.now(UTC)
+    month_end = datetime(today.year, today.month, 1, tzinfo=UTC) - timedelta(days=1)
+    month_end = datetime(month_end.year, month_end.month, 1, tzinfo=UTC)  # 1st of last month: a month ends here
+    user = str(uuid.uuid4())
+    inside = [make_event("request", user_id=user, timestamp=month_end - timedelta(minutes=120 + m)) for m in (0, 1, 2)]
+    ahead = [make_event("request", user_id=user, timestamp=month_end + timedelta(minutes=10 + m)) for m in range(2)]
+    push(stream_client, settings.redis.namespace, inside + ahead)
+    pipeline = Pipeline.of(settings)
+    try:
+        pipeline.run_transfer()
+        pipeline.run_aggregation()
+    finally:
+        pipeline.close()
+
+    async def ask() -> Any:
+        async with await psycopg.AsyncConnection.connect(settings.postgres.dsn, autocommit=True) as conn:
+            return await top_users(conn, window(1, default=1, now=month_end - timedelta(minutes=30)), limit=10)
+
+    answer = asyncio.run(ask())
+    assert [(u.user_id, u.total_requests) for u in answer.users] == [(user, 3)]

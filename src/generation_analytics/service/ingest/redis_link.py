@@ -34,8 +34,14 @@ class _ReplyProtocol(asyncio.Protocol):
     def __init__(self, link: RedisLink) -> None:
         self._link = link
         self._parser = hiredis.Reader()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._link._protocol is not self:  # a connection given up already: its replies belong to no one
+            return
         parser, pending = self._parser, self._link._pending
         parser.feed(data)
         while (reply := parser.gets()) is not False:
@@ -119,11 +125,16 @@ class RedisLink:
                         try:
                             await future
                         except redis.exceptions.ResponseError as exc:
-                            transport.close()
                             raise redis.exceptions.ConnectionError(f"Redis refused {command[0]}: {exc}") from None
-            except (OSError, TimeoutError) as exc:
-                self._protocol = None
-                raise redis.exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+            except BaseException as exc:
+                # Timed out, refused or cancelled half way: close this connection and drop its handshake
+                # futures (only they are pending while no transport is published), or the next connection
+                # would hand its first replies to them, out of step.
+                if self._protocol is protocol:
+                    self._fail(redis.exceptions.ConnectionError(f"cannot connect to Redis: {exc}"))
+                if isinstance(exc, (OSError, TimeoutError)):
+                    raise redis.exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+                raise
             self._transport = transport  # uvloop's transports are not asyncio.Transport subclasses
             return transport
 
@@ -142,9 +153,9 @@ class RedisLink:
 
     def _fail(self, error: Exception) -> None:
         """Drop the connection and fail every command in flight with `error`."""
-        transport, self._transport, self._protocol = self._transport, None, None
-        if transport is not None:
-            transport.close()
+        protocol, self._transport, self._protocol = self._protocol, None, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()  # also one still in its handshake (not published as _transport yet)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

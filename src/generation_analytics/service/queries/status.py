@@ -109,9 +109,11 @@ async def stream_backlog(client: aioredis.Redis, keys: StreamKeys) -> int:
     return int(await client.xlen(keys.stream)) if backlog is None else backlog
 
 
+# The number of events is the sum of the counters triggers keep (0012_event_counts.sql): exact, and a few
+# rows to read where count(*) read the whole table (~1.1 s on 10M events).
 DATABASE_STATUS = """
 SELECT (SELECT created_at FROM generation_events ORDER BY id DESC LIMIT 1),
-       (SELECT count(*) FROM generation_events),
+       (SELECT coalesce(sum(events), 0)::bigint FROM generation_event_counts),
        (SELECT max(timestamp) FROM generation_metrics_hourly),
        (SELECT count(*) FROM generation_metrics_hourly),
        (SELECT count(*) FROM generation_dirty_hours),

@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from generation_analytics.service.hours import HOUR, day_start, month_of
+from generation_analytics.service.hours import DAY, HOUR, day_start, month_of
 from generation_analytics.service.queries.events import EventRecord, recent_activity
 from generation_analytics.service.queries.totals import Totals, add_row, build
 from generation_analytics.service.queries.window import Window
@@ -144,7 +144,7 @@ WITH months AS ({months}
     SELECT uid, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
            sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
            sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum
-    FROM generation_user_metrics_hourly WHERE hour >= %(end)s
+    FROM generation_user_metrics_hourly WHERE hour >= %(end)s{future_bound}
     GROUP BY uid
 ), windowed AS (
     SELECT m.uid, m.user_id, m.last_hour, m.last_event_at,
@@ -203,13 +203,17 @@ async def top_users(
     async with conn.cursor(row_factory=dict_row) as cur:
         first_month = window.start.date().replace(day=1)
         single = month_of(window.end - HOUR) == first_month
+        # Read one month only, subtract only the hours ahead inside it (at a month's last hour, events
+        # stamped a few minutes ahead fall in the next month, which that month's rows never added).
+        months, future_bound = (MONTHS_SINGLE, " AND hour < %(months_end)s") if single else (MONTHS_GROUPED, "")
         await cur.execute(
-            TOP_USERS.format(months=MONTHS_SINGLE if single else MONTHS_GROUPED, order=ORDER_COLUMNS[order]),
+            TOP_USERS.format(months=months, future_bound=future_bound, order=ORDER_COLUMNS[order]),
             {
                 "start": window.start,
                 "end": window.end,
                 "first_month": first_month,
                 "first_month_start": day_start(first_month),
+                "months_end": day_start(month_of(day_start(first_month) + 32 * DAY)),
                 "limit": limit,
             },
         )
