@@ -20,7 +20,7 @@ CREATE TABLE alert_rules (
     created_at        timestamptz      NOT NULL DEFAULT now(),
     updated_at        timestamptz      NOT NULL DEFAULT now(),
     CONSTRAINT alert_rules_name_key UNIQUE (name),
-    CONSTRAINT alert_rules_scope_check CHECK (scope_kind IN ('everything', 'checkpoint', 'error_type')),
+    CONSTRAINT alert_rules_scope_check CHECK (scope_kind IN ('everything', 'checkpoint', 'error_type', 'error_group')),
     CONSTRAINT alert_rules_comparison_check CHECK (comparison IN ('gt', 'ge', 'lt', 'le')),
     CONSTRAINT alert_rules_positive_check
         CHECK (window_minutes > 0 AND min_samples >= 0 AND pending_for_s >= 0 AND repeat_interval_s >= 0)

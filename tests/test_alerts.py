@@ -32,6 +32,7 @@ from generation_analytics.service.alerts.measure import quarter_floor
 from generation_analytics.service.alerts.rules import RuleSpec, Target, create_rule, new_secret, validate
 from generation_analytics.service.alerts.states import Outcome, step
 from generation_analytics.service.alerts.webhooks import WebhookSender
+from generation_analytics.service.fingerprints import fingerprint
 from generation_analytics.service.hours import hour_floor
 from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import AlertSettings, RedisSettings, Settings
@@ -227,6 +228,37 @@ def test_checkpoint_and_error_type_scopes_read_their_own_rollups(
     assert state_of(settings, flux) == (AlertState.FIRING, 50.0, 40)
     assert state_of(settings, sdxl) == (AlertState.OK, 5.0, 60)
     assert state_of(settings, oom) == (AlertState.FIRING, 23.0, 100)
+
+
+def test_an_error_group_scope_counts_the_failures_of_its_fingerprint(
+    settings: Settings, pipeline: Pipeline, stream_client: redis.Redis
+) -> None:
+    """Messages that differ only in their numbers are one group; a group's rule sees only its failures,
+    against every completion of the window (as the rate of an error type is)."""
+    oom = [f"CUDA out of memory: tried to allocate {i} MiB on device {i % 2}" for i in range(1, 31)]
+    events = [
+        *(make_event("completion", timestamp=BASE + timedelta(minutes=1, seconds=i), success=False,
+                     error_type="OutOfMemory", error_message=m, duration_ms=900) for i, m in enumerate(oom)),
+        *(make_event("completion", timestamp=BASE + timedelta(minutes=2, seconds=i), success=False,
+                     error_type="OutOfMemory", error_message=f"driver reset after {i}s", duration_ms=900)
+          for i in range(10)),
+        *completions(BASE + timedelta(minutes=3), 60, 0),
+    ]  # fmt: skip
+    load(pipeline, stream_client, settings.redis.namespace, events)
+    group = fingerprint("OutOfMemory", oom[0])
+    assert {fingerprint("OutOfMemory", m) for m in oom} == {group}
+    count = add_rule(settings, replace(FAILURE_RULE, name="oom group", metric=AlertMetric.FAILURES,
+                                       comparison=Comparison.GE, threshold=30, scope=AlertScope.ERROR_GROUP,
+                                       scope_value=group, min_samples=0, pending_for_s=0))  # fmt: skip
+    share = add_rule(settings, replace(FAILURE_RULE, name="oom group rate", scope=AlertScope.ERROR_GROUP,
+                                       scope_value=group, threshold=40, min_samples=50, pending_for_s=0))  # fmt: skip
+    other = add_rule(settings, replace(FAILURE_RULE, name="other group", metric=AlertMetric.FAILURES,
+                                       comparison=Comparison.GE, threshold=1, scope=AlertScope.ERROR_GROUP,
+                                       scope_value="0123456789abcdef", min_samples=0, pending_for_s=0))  # fmt: skip
+    tick(settings, BASE + timedelta(minutes=20))
+    assert state_of(settings, count) == (AlertState.FIRING, 30.0, 100)
+    assert state_of(settings, share) == (AlertState.OK, 30.0, 100)  # 30 of 100 completions: not over 40 %
+    assert state_of(settings, other) == (AlertState.OK, 0.0, 100)
 
 
 def test_a_failing_evaluation_is_the_rule_s_error_state_and_others_go_on(
@@ -523,6 +555,8 @@ def client(live_server: LiveServer) -> Iterator[AnalyticsClient]:
             {"metric": "failures", "comparison": "gt", "scope": "error_type", "scope_value": "x" * 200},
             "rule.scope_value",
         ),
+        ({"metric": "failures", "scope": "error_group", "scope_value": "OutOfMemory"}, "rule.scope_value"),
+        ({"metric": "p95_duration_ms", "scope": "error_group", "scope_value": "0123456789abcdef"}, "rule.metric"),
         ({"webhooks": [("http://example.com/x", "standard", "whsec_" + "A" * 40 + "!")]}, "rule.targets[0].secret"),
         ({"threshold": float("nan")}, "rule.threshold"),
         ({"min_samples": -1}, "rule.min_samples"),

@@ -106,6 +106,7 @@ class AlertScope(Word):
     EVERYTHING = "everything"
     CHECKPOINT = "checkpoint"
     ERROR_TYPE = "error_type"
+    ERROR_GROUP = "error_group"
 
 
 class Comparison(Word):

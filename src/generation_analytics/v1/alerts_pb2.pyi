@@ -86,6 +86,10 @@ class _AlertScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertScope
     """One model checkpoint (scope_value)."""
     ALERT_SCOPE_ERROR_TYPE: _AlertScope.ValueType  # 3
     """One error type (scope_value): failures of that type against all completions."""
+    ALERT_SCOPE_ERROR_GROUP: _AlertScope.ValueType  # 4
+    """One error group (scope_value: its 16-hex-digit fingerprint, as ListErrorGroups gives it): failures of
+    that group against all completions.
+    """
 
 class AlertScope(_AlertScope, metaclass=_AlertScopeEnumTypeWrapper):
     """AlertScope is which events a rule looks at."""
@@ -96,6 +100,10 @@ ALERT_SCOPE_CHECKPOINT: AlertScope.ValueType  # 2
 """One model checkpoint (scope_value)."""
 ALERT_SCOPE_ERROR_TYPE: AlertScope.ValueType  # 3
 """One error type (scope_value): failures of that type against all completions."""
+ALERT_SCOPE_ERROR_GROUP: AlertScope.ValueType  # 4
+"""One error group (scope_value: its 16-hex-digit fingerprint, as ListErrorGroups gives it): failures of
+that group against all completions.
+"""
 Global___AlertScope: _TypeAlias = AlertScope  # noqa: Y015
 
 class _Comparison:

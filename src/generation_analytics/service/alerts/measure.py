@@ -2,7 +2,7 @@
 
 Scope everything reads the quarter-hour rollup (`generation_metrics_quarterly`): the window is the UTC
 quarter hours overlapping (now - window, now], so it holds at least `window_minutes` and at most 15
-minutes more. A checkpoint or an error type has hourly rollups only: the window is the UTC hours
+minutes more. A checkpoint, an error type or an error group has hourly rollups only: the window is the UTC hours
 overlapping (now - window, now]. The stream metrics (dead letters, pipeline lag) are read from Redis now.
 """
 
@@ -35,7 +35,14 @@ SCOPE_METRICS: dict[AlertScope, frozenset[AlertMetric]] = {
     AlertScope.EVERYTHING: frozenset(AlertMetric),
     AlertScope.CHECKPOINT: frozenset(AlertMetric) - STREAM_METRICS - {AlertMetric.AVG_QUEUE_LENGTH},
     AlertScope.ERROR_TYPE: frozenset({AlertMetric.FAILURES, AlertMetric.FAILURE_RATE_PCT}),
+    AlertScope.ERROR_GROUP: frozenset({AlertMetric.FAILURES, AlertMetric.FAILURE_RATE_PCT}),
 }
+
+# An error group's failures over whole hours (its hourly rollup, one row per hour and checkpoint).
+GROUP_FAILURES = """
+SELECT coalesce(sum(failures), 0)::bigint FROM generation_error_group_metrics_hourly
+WHERE fingerprint = %(fingerprint)s AND hour >= %(start)s AND hour < %(end)s
+"""
 
 
 @dataclass(frozen=True)
@@ -130,14 +137,22 @@ async def measure(
         totals = Totals()
         for row in await hourly_rows(conn, window, blobs=False):  # the completions of everything
             add_row(totals, {k: row[k] for k in ("successes", "failures")})
-        params = daily_split(window).params | {"keys": [scope_value]}
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(KEYED_ERRORS, params)
-            typed = {row["key"]: row for row in await cur.fetchall()}.get(scope_value)
-        failures = int(typed["failures"]) if typed else 0
+        failures = await scoped_failures(conn, scope, scope_value, window)
         if metric is AlertMetric.FAILURES:
             return Measurement(float(failures), totals.completions, window.start, window.end)
         share = rate(failures, totals.completions) * 100 if totals.completions else None
         return Measurement(share, totals.completions, window.start, window.end)
     value, samples = figure(metric, totals)
     return Measurement(value, samples, window.start, window.end)
+
+
+async def scoped_failures(conn: AsyncConnection[Any], scope: AlertScope, scope_value: str, window: Window) -> int:
+    """The failures of one error type (its rollups, as GetFailureAnalysis reads them) or one error group."""
+    if scope is AlertScope.ERROR_GROUP:
+        params = {"fingerprint": scope_value, "start": window.start, "end": window.end}
+        row = await (await conn.execute(GROUP_FAILURES, params)).fetchone()
+        return int(row[0]) if row else 0
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(KEYED_ERRORS, daily_split(window).params | {"keys": [scope_value]})
+        typed = {row["key"]: row for row in await cur.fetchall()}.get(scope_value)
+    return int(typed["failures"]) if typed else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -96,6 +97,10 @@ def _text(value: str, field_name: str, max_chars: int, *, required: bool = False
     return value
 
 
+# An error group's fingerprint as ListErrorGroups gives it (service/fingerprints.py).
+FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+
+
 def validate(spec: RuleSpec, field_prefix: str = "rule.") -> RuleSpec:
     """`spec` checked field by field (INVALID_ARGUMENT naming the first wrong one), with secrets generated."""
     f = field_prefix
@@ -109,6 +114,8 @@ def validate(spec: RuleSpec, field_prefix: str = "rule.") -> RuleSpec:
             raise InvalidArgument(f"{f}scope_value", "must be empty for scope everything")
     else:
         _text(spec.scope_value, f"{f}scope_value", MAX_SCOPE_VALUE_CHARS, required=True)
+        if spec.scope is AlertScope.ERROR_GROUP and not FINGERPRINT.fullmatch(spec.scope_value):
+            raise InvalidArgument(f"{f}scope_value", "must be an error group's fingerprint: 16 hex digits")
     if spec.threshold != spec.threshold or spec.threshold in (float("inf"), float("-inf")):
         raise InvalidArgument(f"{f}threshold", "must be a finite number")
     if not (MIN_WINDOW_MINUTES <= spec.window_minutes <= MAX_WINDOW_MINUTES and spec.window_minutes % 15 == 0):
