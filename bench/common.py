@@ -180,8 +180,9 @@ def print_result(title: str, rows: Sequence[tuple[str, str]]) -> None:
     print(f"  rerun: {rerun_command()}\n")
 
 
-def start_service(dsn: str, *, namespace: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`generation-analytics serve` as its own process on `dsn` and `namespace`; returns it and its address."""
+def service_environment(dsn: str, *, namespace: str, **env: str) -> tuple[dict[str, str], str]:
+    """The environment of a benchmarked `serve` on `dsn` and `namespace` (gRPC on a free port, no gateway,
+    quiet logs, then `env`), and its gRPC address."""
     address = f"127.0.0.1:{free_port()}"
     environment = {
         **os.environ,
@@ -193,6 +194,12 @@ def start_service(dsn: str, *, namespace: str, **env: str) -> tuple[subprocess.P
         "GA_LOG_LEVEL": "WARNING",
         **env,
     }
+    return environment, address
+
+
+def start_service(dsn: str, *, namespace: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`generation-analytics serve` as its own process on `dsn` and `namespace`; returns it and its address."""
+    environment, address = service_environment(dsn, namespace=namespace, **env)
     return launch("serve", environment, address=address, timeout_s=60), address
 
 

@@ -16,7 +16,6 @@ Only the event loop's thread is profiled; gRPC's C core works in its own threads
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import signal
 import subprocess
@@ -28,25 +27,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import REDIS_URL, rerun_command, scratch_database, scratch_namespace
+from bench.common import rerun_command, scratch_database, scratch_namespace, service_environment
 from bench.ingest import events
-from generation_analytics.service.embedded import free_port
 from generation_analytics.v1 import events_pb2, events_pb2_grpc
 from tests.fix_processes import CLI
 
 
 def profiled_service(dsn: str, namespace: str, output: str) -> tuple[subprocess.Popen[bytes], str]:
-    address = f"127.0.0.1:{free_port()}"
-    env = {
-        **os.environ,
-        "GA_POSTGRES_DSN": dsn,
-        "GA_REDIS_URL": REDIS_URL,
-        "GA_NAMESPACE": namespace,
-        "GA_LISTEN_ADDR": address,
-        "GA_HTTP_ADDR": "off",
-        "GA_LOG_LEVEL": "WARNING",
-        "GA_SCHEDULER_ENABLED": "false",
-    }
+    env, address = service_environment(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false")
     process = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", output, CLI, "serve"], env=env)
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
