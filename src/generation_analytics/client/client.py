@@ -68,6 +68,17 @@ def _timestamp(moment: datetime) -> Any:
     return ts
 
 
+def _pages(ask: Callable[..., Any], filters: dict[str, Any]) -> Iterator[Any]:
+    """Every page of a paged RPC: each asked with the previous page's `next_page_token` until it is empty."""
+    token = ""
+    while True:
+        page = ask(**filters, page_token=token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
+
+
 def assign_event_ids(events: Iterable[events_pb2.GenerationEvent]) -> None:
     """Give every event without an event_id a fresh UUID, in place.
 
@@ -263,13 +274,8 @@ class AnalyticsClient:
 
     def iter_events(self, **filters: Any) -> Iterator[events_pb2.StoredEvent]:
         """Every event matching `filters` (the arguments of `events`), page after page."""
-        token = ""
-        while True:
-            page = self.events(**filters, page_token=token)
+        for page in _pages(self.events, filters):
             yield from page.events
-            token = page.next_page_token
-            if not token:
-                return
 
     def error_groups(self, **filters: Any) -> analytics_pb2.ListErrorGroupsResponse:
         """One page of error groups, most failures first; pass `next_page_token` back for the next.
@@ -280,13 +286,8 @@ class AnalyticsClient:
 
     def iter_error_groups(self, **filters: Any) -> Iterator[analytics_pb2.ErrorGroup]:
         """Every error group matching `filters` (the arguments of `error_groups`), page after page."""
-        token = ""
-        while True:
-            page = self.error_groups(**filters, page_token=token)
+        for page in _pages(self.error_groups, filters):
             yield from page.groups
-            token = page.next_page_token
-            if not token:
-                return
 
     def top_users(
         self, days: int | None = None, limit: int | None = None, *, order: str = "requests"
