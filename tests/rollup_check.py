@@ -185,6 +185,14 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert row[2:] == (uids[row[0]], len(group), s.total_requests, s.successful, s.failed, s.cancelled,
                            len(s.durations), sum(s.durations), max(e.hour for e in group), s.last_at)  # fmt: skip
 
+    user_days = fetch(dsn, "SELECT day, uid, events, total_requests, duration_sum FROM generation_user_metrics_daily")
+    by_user_day = ref.group(raw, lambda e: (ref.day_of(e.timestamp), e.user_id))
+    assert {(r[0], uids[r[1]]) for r in user_days} == set(by_user_day)
+    for row in user_days:
+        group = by_user_day[(row[0], uids[row[1]])]
+        s = ref.summarize(group)
+        assert row[2:] == (len(group), s.total_requests, sum(s.durations)), (row[0], uids[row[1]], row[2:])
+
     model_days = fetch(
         dsn,
         "SELECT day, model_checkpoint, total_requests, successful_generations, failed_generations,"

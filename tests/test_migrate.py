@@ -132,6 +132,9 @@ def test_0005_moves_existing_rollups_to_the_new_shapes(empty_db_dsn: str, tmp_pa
             "SELECT uid, month, user_id::text, events, total_requests, successful_generations, failed_generations,"
             " last_hour FROM generation_user_metrics_monthly ORDER BY uid, month"
         ).fetchall()
+        daily = conn.execute(
+            "SELECT day, uid, events, total_requests, duration_sum FROM generation_user_metrics_daily ORDER BY 1, 2"
+        ).fetchall()
         hour_set = conn.execute("SELECT user_bitmap FROM generation_metrics_hourly").fetchone()
         error_set = conn.execute("SELECT user_bitmap FROM generation_error_metrics_hourly").fetchone()
     u1, u2 = uids[U1], uids[U2]
@@ -146,5 +149,7 @@ def test_0005_moves_existing_rollups_to_the_new_shapes(empty_db_dsn: str, tmp_pa
         (u1, november.date(), U1, 1, 0, 1, 0, november),
         (u2, november.date(), U2, 1, 0, 0, 1, november),
     ]
+    # 0014 sums the hourly rows per user and UTC day.
+    assert daily == [(october.date(), u1, 1, 1, 0), (november.date(), u1, 1, 0, 100), (november.date(), u2, 1, 0, 300)]
     assert hour_set and set(sketches.user_set([hour_set[0]])) == {u1, u2}
     assert error_set and set(sketches.user_set([error_set[0]])) == {u2}

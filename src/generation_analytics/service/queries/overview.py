@@ -21,24 +21,20 @@ from generation_analytics.service.queries.window import Window
 from generation_analytics.service.settings import GpuPrices
 from generation_analytics.vocabulary import Interval
 
-HOURLY_ROWS = """
+# Every figure of an hourly row; with `blobs`, also its duration histogram and user set (what merging hours
+# needs: megabytes over a long window, so only the answers that merge hours read them).
+HOURLY_FIGURES = """
 SELECT timestamp AS hour, total_requests AS requests, successful_generations AS successes,
        failed_generations AS failures, cancelled_generations AS cancellations, duration_count, duration_sum,
        total_images_generated AS images, queue_length_count AS queue_count, queue_length_sum AS queue_sum,
        max_queue_length AS max_queue, avg_duration_ms, p50_duration_ms, p95_duration_ms, p99_duration_ms,
-       unique_users, duration_hist AS hist, user_bitmap AS bitmap
+       unique_users{blobs}
 FROM generation_metrics_hourly
 WHERE timestamp >= %(start)s AND timestamp < %(end)s
 ORDER BY timestamp
 """
-HOURLY_COUNTS = """
-SELECT timestamp AS hour, total_requests AS requests, successful_generations AS successes,
-       failed_generations AS failures, cancelled_generations AS cancellations,
-       queue_length_count AS queue_count, queue_length_sum AS queue_sum, p95_duration_ms
-FROM generation_metrics_hourly
-WHERE timestamp >= %(start)s AND timestamp < %(end)s
-ORDER BY timestamp
-"""
+HOURLY_ROWS = HOURLY_FIGURES.format(blobs=", duration_hist AS hist, user_bitmap AS bitmap")
+HOURLY_COUNTS = HOURLY_FIGURES.format(blobs="")
 # Rollups reflect every event stored before the oldest still-dirty hour of the window was marked.
 DATA_AS_OF = """
 SELECT coalesce(min(marked_at), now()) FROM generation_dirty_hours WHERE hour >= %(start)s AND hour < %(end)s
@@ -195,7 +191,8 @@ def _point(start: datetime, totals: Totals, percentiles: list[float], unique_use
 async def trends(conn: AsyncConnection[Any], window: Window, *, interval: Interval) -> Trends:
     """Zero-filled hourly or daily buckets; an hour's percentiles are exact, a day's within 1%.
     Days are those of `window.zone`; hours are the window's UTC hours in every zone."""
-    rows = await hourly_rows(conn, window)
+    # An hour's figures are stored whole (percentiles and unique users included); days merge hours.
+    rows = await hourly_rows(conn, window, blobs=interval is not Interval.HOURLY)
     points: list[TrendPoint] = []
     if interval is Interval.HOURLY:
         by_hour = {row["hour"]: row for row in rows}

@@ -119,10 +119,15 @@ async def user_analytics(
 # A user's totals over the window: the totals of the months it touches (monthly rows), minus the part of
 # its first month before the window (the running totals of the user's last hourly row there, read from
 # the index alone), minus any hours after its end (events stamped by clocks ahead of ours: one range
-# scan of the hour index, normally empty). A few monthly rows and one index probe per user active in the
-# window, whatever the window's length; sums stay bigint (numeric arithmetic per user cost ~40% of the
-# time), a window inside one month reads its monthly rows without grouping them, and the latest event
-# inside the window is looked up only for the users ranked.
+# scan of the hour index, normally empty). Sums stay bigint (numeric arithmetic per user cost ~40% of the
+# time), a window inside one month reads its monthly rows without grouping them.
+#
+# That exact total costs one index probe per user, so only the users who can still rank get one. Every
+# user active in the window first gets an upper bound of its figure from rows covering the window (the
+# daily rows of the days it touches for a short window, else its months); the `probe` users with the
+# highest bounds are computed exactly, and the `limit`-th best of those is a threshold no user whose bound
+# is below it can reach. The users at or above it are computed exactly and ranked: the answer is the same
+# as ranking everyone. The latest event inside the window is looked up only for the users ranked.
 MONTHS_GROUPED = """
     SELECT uid, user_id, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
            sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
@@ -138,15 +143,17 @@ MONTHS_SINGLE = """
            true AS in_first_month
     FROM generation_user_metrics_monthly WHERE month = %(first_month)s
 """
-TOP_USERS = """
-WITH months AS ({months}
-), future AS (
-    SELECT uid, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
-           sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
-           sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum
-    FROM generation_user_metrics_hourly WHERE hour >= %(end)s{future_bound}
-    GROUP BY uid
-), windowed AS (
+# Upper bounds (uid, bound) for every user with an event in the window: its months, or its days.
+COVER_MONTHS = "SELECT uid, {order} AS bound FROM months WHERE last_hour >= %(start)s"
+COVER_DAYS = """
+    SELECT uid, sum({daily})::bigint AS bound FROM generation_user_metrics_daily
+    WHERE day >= %(first_day)s AND day <= %(last_day)s GROUP BY uid
+"""
+
+
+def _windowed(users: str) -> str:
+    """The exact window totals of the users (uid) in the relation `users`."""
+    return f"""
     SELECT m.uid, m.user_id, m.last_hour, m.last_event_at,
            m.events - coalesce(b.cum_events, 0) - coalesce(f.events, 0) AS events,
            m.requests - coalesce(b.cum_requests, 0) - coalesce(f.requests, 0) AS requests,
@@ -154,7 +161,8 @@ WITH months AS ({months}
            m.failures - coalesce(b.cum_failures, 0) - coalesce(f.failures, 0) AS failures,
            m.duration_count - coalesce(b.cum_duration_count, 0) - coalesce(f.duration_count, 0) AS duration_count,
            m.duration_sum - coalesce(b.cum_duration_sum, 0) - coalesce(f.duration_sum, 0) AS duration_sum
-    FROM months AS m
+    FROM {users} AS s
+    JOIN months AS m USING (uid)
     LEFT JOIN future AS f USING (uid)
     LEFT JOIN LATERAL (
         SELECT cum_events, cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum
@@ -163,9 +171,32 @@ WITH months AS ({months}
           AND h.uid = m.uid AND h.hour >= %(first_month_start)s AND h.hour < %(start)s
         ORDER BY h.hour DESC LIMIT 1
     ) AS b ON true
+    WHERE m.last_hour >= %(start)s"""
+
+
+TOP_USERS = f"""
+WITH months AS ({{months}}
+), future AS (
+    SELECT uid, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
+           sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
+           sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum
+    FROM generation_user_metrics_hourly WHERE hour >= %(end)s{{future_bound}}
+    GROUP BY uid
+), cover AS ({{cover}}
+), probed AS (
+    SELECT uid FROM cover ORDER BY bound DESC LIMIT %(probe)s
+), probed_exact AS ({_windowed("probed")}
+), threshold AS (  -- -1 (everyone) until `limit` users of the window are known
+    SELECT coalesce((
+        SELECT {{order}} FROM probed_exact WHERE events > 0
+        ORDER BY {{order}} DESC OFFSET %(limit)s - 1 LIMIT 1
+    ), -1) AS at_least
+), candidates AS (
+    SELECT uid FROM cover WHERE bound >= (SELECT at_least FROM threshold)
+), windowed AS ({_windowed("candidates")}
 ), ranked AS (
-    SELECT * FROM windowed WHERE events > 0 AND last_hour >= %(start)s  -- else nothing in the window
-    ORDER BY {order} DESC, user_id::text LIMIT %(limit)s
+    SELECT * FROM windowed WHERE events > 0  -- else nothing in the window
+    ORDER BY {{order}} DESC, user_id::text LIMIT %(limit)s
 )
 SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS successful_generations,
        r.failures AS failed_generations, r.duration_count, r.duration_sum,
@@ -174,10 +205,15 @@ SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS 
            WHERE h.uid = r.uid AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
        ) END AS last_event_at
 FROM ranked AS r
-ORDER BY r.{order} DESC, r.user_id::text
+ORDER BY r.{{order}} DESC, r.user_id::text
 """
-# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum).
+# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum), and the daily
+# rows' column that bounds it.
 ORDER_COLUMNS = {UserOrder.REQUESTS: "requests", UserOrder.GPU_TIME: "duration_sum"}
+DAILY_COLUMNS = {UserOrder.REQUESTS: "total_requests", UserOrder.GPU_TIME: "duration_sum"}
+# Windows touching at most this many UTC days are bounded by their days (a few rows per user, bounds
+# within a day of the window), longer ones by their months (fewer rows than days, looser bounds).
+MAX_COVER_DAYS = 8
 
 
 @dataclass
@@ -206,15 +242,26 @@ async def top_users(
         # Read one month only, subtract only the hours ahead inside it (at a month's last hour, events
         # stamped a few minutes ahead fall in the next month, which that month's rows never added).
         months, future_bound = (MONTHS_SINGLE, " AND hour < %(months_end)s") if single else (MONTHS_GROUPED, "")
+        days = window.dates
+        cover = COVER_DAYS if len(days) <= MAX_COVER_DAYS else COVER_MONTHS
+        column = ORDER_COLUMNS[order]
         await cur.execute(
-            TOP_USERS.format(months=months, future_bound=future_bound, order=ORDER_COLUMNS[order]),
+            TOP_USERS.format(
+                months=months,
+                future_bound=future_bound,
+                cover=cover.format(order=column, daily=DAILY_COLUMNS[order]),
+                order=column,
+            ),
             {
                 "start": window.start,
                 "end": window.end,
                 "first_month": first_month,
                 "first_month_start": day_start(first_month),
                 "months_end": day_start(month_of(day_start(first_month) + 32 * DAY)),
+                "first_day": days[0],
+                "last_day": days[-1],
                 "limit": limit,
+                "probe": 2 * limit,
             },
         )
         rows = await cur.fetchall()
