@@ -83,10 +83,12 @@ def test_top_users_equal_ranking_every_user(
     push(stream_client, settings.redis.namespace, events)
     transfer_and_aggregate(pipeline)
 
-    async def ask() -> Any:
+    async def ask(probe: int | None) -> Any:
         async with await psycopg.AsyncConnection.connect(settings.postgres.dsn, autocommit=True) as conn:
-            return await top_users(conn, window(days, default=days, now=anchor), limit=limit, order=order)
+            w = window(days, default=days, now=anchor)
+            return await top_users(conn, w, limit=limit, order=order, probe=probe)
 
-    answer = asyncio.run(ask())
+    answer = asyncio.run(ask(None))
     got = [(u.user_id, u.total_requests if order is UserOrder.REQUESTS else u.gpu_time_ms) for u in answer.users]
     assert got == expected([ref.from_message(e) for e in events], days, anchor, limit, order)
+    assert asyncio.run(ask(0)) == answer  # every user computed exactly: the same answer, every field
