@@ -69,6 +69,26 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert (row[15], row[16]) == (s.first_at, s.last_at)
         assert int(sketches.merge([row[17]]).sum()) == len(s.durations)
 
+    # Per UTC day: sums, the merged histogram (every duration counted once) and the day's distinct users.
+    by_day = ref.group(raw, lambda e: ref.day_of(e.timestamp))
+    days = fetch(
+        dsn,
+        "SELECT day, total_requests, successful_generations, failed_generations, cancelled_generations,"
+        " duration_count, duration_sum, total_images_generated, queue_length_count, queue_length_sum,"
+        " max_queue_length, first_event_at, last_event_at, unique_users, duration_hist, user_bitmap"
+        " FROM generation_metrics_daily",
+    )
+    assert {r[0] for r in days} == set(by_day)
+    for row in days:
+        s = ref.summarize(by_day[row[0]])
+        assert row[1:14] == (s.total_requests, s.successful, s.failed, s.cancelled, len(s.durations),
+                             sum(s.durations), s.images, len(s.queue_lengths), sum(s.queue_lengths), s.max_queue,
+                             s.first_at, s.last_at, len(s.users)), row[0]  # fmt: skip
+        assert list(sketches.merge([row[14]])) == list(
+            sketches.merge(sketches.encode({sketches.bucket_of(d): 1}) for d in s.durations)
+        )
+        assert {uids[uid] for uid in sketches.user_set([row[15]])} == s.users
+
     everything = ref.summarize(raw)
     merged = sketches.merge(r[17] for r in hourly)
     if everything.durations:

@@ -102,6 +102,7 @@ def test_rollups_equal_a_recompute_from_raw_events(
 def snapshot(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     tables = {
         "generation_metrics_hourly": "timestamp",
+        "generation_metrics_daily": "day",
         "generation_metrics_quarterly": "quarter",
         "generation_model_metrics_hourly": "hour, model_checkpoint",
         "generation_error_metrics_hourly": "hour, error_type",

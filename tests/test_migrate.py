@@ -135,6 +135,10 @@ def test_0005_moves_existing_rollups_to_the_new_shapes(empty_db_dsn: str, tmp_pa
         daily = conn.execute(
             "SELECT day, uid, events, total_requests, duration_sum FROM generation_user_metrics_daily ORDER BY 1, 2"
         ).fetchall()
+        overall_days = conn.execute(
+            "SELECT day, total_requests, successful_generations, failed_generations, duration_count, duration_sum,"
+            " unique_users, user_bitmap FROM generation_metrics_daily"
+        ).fetchall()
         hour_set = conn.execute("SELECT user_bitmap FROM generation_metrics_hourly").fetchone()
         error_set = conn.execute("SELECT user_bitmap FROM generation_error_metrics_hourly").fetchone()
     u1, u2 = uids[U1], uids[U2]
@@ -151,5 +155,8 @@ def test_0005_moves_existing_rollups_to_the_new_shapes(empty_db_dsn: str, tmp_pa
     ]
     # 0014 sums the hourly rows per user and UTC day.
     assert daily == [(october.date(), u1, 1, 1, 0), (november.date(), u1, 1, 0, 100), (november.date(), u2, 1, 0, 300)]
+    # 0015's data step merges the hourly rows per UTC day, user sets as re-encoded by 0005's.
+    assert [row[:7] for row in overall_days] == [(november.date(), 0, 1, 1, 2, 400, 2)]
+    assert set(sketches.user_set([overall_days[0][7]])) == {u1, u2}
     assert hour_set and set(sketches.user_set([hour_set[0]])) == {u1, u2}
     assert error_set and set(sketches.user_set([error_set[0]])) == {u2}

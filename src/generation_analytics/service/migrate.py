@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from generation_analytics.service.pipeline import rollups
 from generation_analytics.service.sketches import from_legacy_bitmap
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,19 @@ def _roaring_user_sets(conn: psycopg.Connection[Any]) -> None:
         log.info("migration 0005: re-encoded %d user sets in %s", len(rows), table)
 
 
+def _overall_days(conn: psycopg.Connection[Any]) -> None:
+    """0015: the daily rows of every day with hourly rows, built by aggregation's own code (a month at a
+    time: SQL cannot union user sets)."""
+    rows = conn.execute("SELECT DISTINCT (timestamp AT TIME ZONE 'UTC')::date FROM generation_metrics_hourly")
+    days = sorted(row[0] for row in rows.fetchall())
+    with conn.cursor() as cur:
+        for first in range(0, len(days), 31):
+            rollups.write_overall_days(cur, days[first : first + 31])
+    log.info("migration 0015: built the daily rows of %d days", len(days))
+
+
 # Conversions SQL cannot do, run right after the migration of the same version, in its transaction.
-DATA_STEPS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _roaring_user_sets}
+DATA_STEPS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _roaring_user_sets, 15: _overall_days}
 
 
 def migrate(dsn: str, *, folder: Path | None = None) -> list[int]:

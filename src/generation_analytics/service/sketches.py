@@ -105,11 +105,16 @@ def user_set(encoded: Iterable[bytes | None]) -> BitMap:
 
 
 def union_groups(rows: Iterable[tuple[K, bytes | None]]) -> dict[K, bytes]:
-    """User sets unioned per key (daily rollups of many keys at once)."""
+    """User sets unioned per key, serialised (daily rollups of many keys at once)."""
+    return {key: serialize(users) for key, users in group_sets(rows).items()}
+
+
+def group_sets(rows: Iterable[tuple[K, bytes | None]]) -> dict[K, BitMap]:
+    """User sets unioned per key."""
     groups: dict[K, list[bytes | None]] = {}
     for key, blob in rows:
         groups.setdefault(key, []).append(blob)
-    return {key: union(blobs) for key, blobs in groups.items()}
+    return {key: user_set(blobs) for key, blobs in groups.items()}
 
 
 def union(encoded: Iterable[bytes | None]) -> bytes:

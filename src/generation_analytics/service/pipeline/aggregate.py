@@ -269,6 +269,7 @@ class Aggregator:
                 rollups.write_error_groups(cur, params)
                 cur.execute(LOCK_SPANNING, {"lock": SPANNING_LOCKS[part]})
                 rollups.write_days(cur)
+                rollups.write_overall_days(cur, days_of(locked))
             else:
                 params |= {"shards": user_rollups.SHARDS, "shard": int(part.partition("/")[2])}
                 rollups.create_agg_events(cur, params)
@@ -284,6 +285,10 @@ class Aggregator:
 
 def _bounds(hours: Sequence[datetime]) -> dict[str, Any]:
     return {"hours": list(hours), "lo": min(hours), "hi": max(hours) + HOUR}
+
+
+def days_of(hours: Sequence[datetime]) -> list[date]:
+    return sorted({h.astimezone(UTC).date() for h in hours})
 
 
 def months_of(hours: Sequence[datetime]) -> list[date]:

@@ -9,6 +9,7 @@ hourly rows changed, summed from the hourly rows, under the rollup lock.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import psycopg
@@ -508,6 +509,58 @@ JOIN (
 LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, fingerprint, bitmap)
     USING (day, fingerprint)
 """
+
+
+# The whole service's daily rows (generation_metrics_daily) of the given days, rebuilt from their hourly
+# rows: one index range scan per day; the blobs are merged in Python and joined back by day.
+OVERALL_DAY_HOURS = """
+SELECT d.day, h.duration_hist, h.user_bitmap
+FROM unnest(%(days)s::date[]) AS d(day)
+JOIN generation_metrics_hourly AS h
+    ON h.timestamp >= d.day::timestamp AT TIME ZONE 'UTC' AND h.timestamp < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+"""
+DELETE_OVERALL_DAYS = "DELETE FROM generation_metrics_daily WHERE day = ANY(%(days)s::date[])"
+INSERT_OVERALL_DAYS = """
+INSERT INTO generation_metrics_daily (
+    day, total_requests, successful_generations, failed_generations, cancelled_generations, duration_count,
+    duration_sum, total_images_generated, queue_length_count, queue_length_sum, max_queue_length,
+    first_event_at, last_event_at, unique_users, duration_hist, user_bitmap)
+SELECT s.*, x.users, x.hist, x.bitmap
+FROM (
+    SELECT d.day, sum(h.total_requests), sum(h.successful_generations), sum(h.failed_generations),
+           sum(h.cancelled_generations), sum(h.duration_count), sum(h.duration_sum), sum(h.total_images_generated),
+           sum(h.queue_length_count), sum(h.queue_length_sum), max(h.max_queue_length), min(h.first_event_at),
+           max(h.last_event_at)
+    FROM unnest(%(days)s::date[]) AS d(day)
+    JOIN generation_metrics_hourly AS h
+        ON h.timestamp >= d.day::timestamp AT TIME ZONE 'UTC'
+       AND h.timestamp < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+    GROUP BY d.day
+) AS s (day)
+JOIN unnest(%(blob_days)s::date[], %(users)s::int[], %(hists)s::bytea[], %(bitmaps)s::bytea[])
+    AS x(day, users, hist, bitmap) USING (day)
+ORDER BY day
+"""
+
+
+def write_overall_days(cur: Cursor, days: list[date]) -> None:
+    """Replace generation_metrics_daily's rows of `days` (a day without hourly rows keeps none)."""
+    cur.execute(OVERALL_DAY_HOURS, {"days": days})
+    rows = cur.fetchall()
+    hists = sketches.compact_groups((day, hist) for day, hist, _ in rows)
+    sets = sketches.group_sets((day, bitmap) for day, _, bitmap in rows)
+    blob_days = list(sets)
+    cur.execute(DELETE_OVERALL_DAYS, {"days": days})
+    cur.execute(
+        INSERT_OVERALL_DAYS,
+        {
+            "days": days,
+            "blob_days": blob_days,
+            "users": [len(sets[d]) for d in blob_days],
+            "hists": [hists.get(d, b"") for d in blob_days],
+            "bitmaps": [sketches.serialize(sets[d]) for d in blob_days],
+        },
+    )
 
 
 # Daily rows per kind: the hourly blobs to merge, how (histograms summed, user sets unioned), the rows

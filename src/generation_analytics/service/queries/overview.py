@@ -1,5 +1,6 @@
-"""Overview, trends and peak hours: read from generation_metrics_hourly (one row per UTC hour), and in a
-time zone whose days or hours a UTC hour does not fit from generation_metrics_quarterly (local_time.py)."""
+"""Overview, trends and peak hours: read from generation_metrics_hourly (one row per UTC hour) and
+generation_metrics_daily (one per whole UTC day), and in a time zone whose days or hours a UTC hour does not
+fit from generation_metrics_quarterly (local_time.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from generation_analytics.service.hours import day_start
 from generation_analytics.service.queries import local_time
-from generation_analytics.service.queries.local_time import QUARTER_HISTS, QUARTER_ROWS, Occurrence, cut, pieces
+from generation_analytics.service.queries.local_time import (
+    QUARTER_HISTS,
+    QUARTER_ROWS,
+    UTC_ZONE,
+    Occurrence,
+    cut,
+    pieces,
+)
 from generation_analytics.service.queries.models import unlisted_gpu
 from generation_analytics.service.queries.significance import MetricChange, compare_totals
 from generation_analytics.service.queries.totals import Totals, add_row, build, group_quantiles
-from generation_analytics.service.queries.window import Window
+from generation_analytics.service.queries.window import Window, daily_split
 from generation_analytics.service.settings import GpuPrices
 from generation_analytics.vocabulary import Interval
 
@@ -35,6 +44,23 @@ ORDER BY timestamp
 """
 HOURLY_ROWS = HOURLY_FIGURES.format(blobs=", duration_hist AS hist, user_bitmap AS bitmap")
 HOURLY_COUNTS = HOURLY_FIGURES.format(blobs="")
+# The same figures for a window as whole UTC days (generation_metrics_daily: one row a day, where 24 hourly
+# rows would bring 24 histograms and user sets) plus the hours of its partial days (window.daily_split),
+# each row with the UTC day it belongs to. Merging them gives exactly what merging every hour gives.
+SPLIT_ROWS = """
+SELECT day, total_requests AS requests, successful_generations AS successes, failed_generations AS failures,
+       cancelled_generations AS cancellations, duration_count, duration_sum, total_images_generated AS images,
+       queue_length_count AS queue_count, queue_length_sum AS queue_sum, max_queue_length AS max_queue,
+       duration_hist AS hist, user_bitmap AS bitmap
+FROM generation_metrics_daily WHERE day >= %(first_day)s AND day <= %(last_day)s
+UNION ALL
+SELECT (timestamp AT TIME ZONE 'UTC')::date, total_requests, successful_generations, failed_generations,
+       cancelled_generations, duration_count, duration_sum, total_images_generated, queue_length_count,
+       queue_length_sum, max_queue_length, duration_hist, user_bitmap
+FROM generation_metrics_hourly
+WHERE (timestamp >= %(head_start)s AND timestamp < %(head_end)s)
+   OR (timestamp >= %(tail_start)s AND timestamp < %(tail_end)s)
+"""
 # Rollups reflect every event stored before the oldest still-dirty hour of the window was marked.
 DATA_AS_OF = """
 SELECT coalesce(min(marked_at), now()) FROM generation_dirty_hours WHERE hour >= %(start)s AND hour < %(end)s
@@ -45,6 +71,13 @@ async def hourly_rows(conn: AsyncConnection[Any], window: Window, *, blobs: bool
     # Binary results: histograms and user sets arrive as they are stored, not hex-encoded (half the bytes).
     async with conn.cursor(row_factory=dict_row, binary=True) as cur:
         await cur.execute(HOURLY_ROWS if blobs else HOURLY_COUNTS, {"start": window.start, "end": window.end})
+        return await cur.fetchall()
+
+
+async def split_rows(conn: AsyncConnection[Any], window: Window) -> list[dict[str, Any]]:
+    """The window's rows as whole UTC days and partial days' hours (SPLIT_ROWS), blobs included."""
+    async with conn.cursor(row_factory=dict_row, binary=True) as cur:
+        await cur.execute(SPLIT_ROWS, daily_split(window).params)
         return await cur.fetchall()
 
 
@@ -106,7 +139,7 @@ async def _summary(
     conn: AsyncConnection[Any], window: Window, pending_events: int, prices: GpuPrices
 ) -> tuple[Overview, Totals]:
     totals = Totals()
-    for row in await hourly_rows(conn, window):
+    for row in await split_rows(conn, window):
         add_row(totals, row)
     answer = build(
         Overview,
@@ -191,10 +224,9 @@ def _point(start: datetime, totals: Totals, percentiles: list[float], unique_use
 async def trends(conn: AsyncConnection[Any], window: Window, *, interval: Interval) -> Trends:
     """Zero-filled hourly or daily buckets; an hour's percentiles are exact, a day's within 1%.
     Days are those of `window.zone`; hours are the window's UTC hours in every zone."""
-    # An hour's figures are stored whole (percentiles and unique users included); days merge hours.
-    rows = await hourly_rows(conn, window, blobs=interval is not Interval.HOURLY)
     points: list[TrendPoint] = []
-    if interval is Interval.HOURLY:
+    if interval is Interval.HOURLY:  # an hour's figures are stored whole (percentiles, unique users)
+        rows = await hourly_rows(conn, window, blobs=False)
         by_hour = {row["hour"]: row for row in rows}
         for hour in window.hours:
             row = by_hour.get(hour)
@@ -205,10 +237,17 @@ async def trends(conn: AsyncConnection[Any], window: Window, *, interval: Interv
             add_row(totals, row)
             exact = [row["p50_duration_ms"] or 0.0, row["p95_duration_ms"] or 0.0, row["p99_duration_ms"] or 0.0]
             points.append(_point(hour, totals, exact, row["unique_users"]))
+    elif window.zone == UTC_ZONE:  # UTC days: whole days read whole
+        by_utc_day: dict[date, Totals] = defaultdict(Totals)
+        for row in await split_rows(conn, window):
+            add_row(by_utc_day[row["day"]], row)
+        for day in window.dates:
+            totals = by_utc_day.get(day, Totals())
+            points.append(_point(day_start(day), totals, totals.percentiles(0.5, 0.95, 0.99), totals.unique_users))
     else:
         days = cut(window.start, len(window.hours), window.zone, local_time.local_day)
         by_day: dict[date, Totals] = defaultdict(Totals)
-        for piece in await pieces(conn, days, rows, query=QUARTER_ROWS):
+        for piece in await pieces(conn, days, await hourly_rows(conn, window), query=QUARTER_ROWS):
             add_row(by_day[piece.bucket], piece.row)
             by_day[piece.bucket].bitmaps.extend(piece.row.get("bitmaps") or [])
         for day in sorted(days.weights):
