@@ -11,6 +11,7 @@ The seed SQL and the other benchmarks run once (10M, or the largest size asked f
 .venv/bin/python -m bench.run_all --reuse-dataset    # keep data sets that exist already
 .venv/bin/python -m bench.run_all --sizes 10m        # one size only
 .venv/bin/python -m bench.run_all --quick            # 1M only, smaller runs: a few minutes (less stable)
+.venv/bin/python -m bench.run_all --reuse-dataset --queries-only   # the size table and the ListEvents matrix only
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reuse-dataset", action="store_true", help="query data sets that exist already")
     parser.add_argument("--sizes", default="", help="comma-separated among 1m,10m,30m (default all; --quick: 1m)")
+    parser.add_argument("--queries-only", action="store_true", help="only the query benchmarks and the size table")
     args = parser.parse_args()
     sizes = [s.strip().lower() for s in (args.sizes or ("1m" if args.quick else ",".join(SIZES))).split(",")]
     if unknown := [s for s in sizes if s not in SIZES]:
@@ -121,26 +123,35 @@ def main() -> None:
                 p95s.setdefault(MATRIX, {})[size] = ms
     print_scaling(p95s, sizes)
     figures += [("scaling", f) for f in scaling_figures(p95s, query_latency.TARGETS_P95_MS)]
-    figures += [("ingest", f) for f in ingest.measure(seconds=3 if args.quick else 5)]
-    figures += [("freshness", f) for f in freshness.measure(seconds=30 if args.quick else 60)]
-    figures += [("transfer", f) for f in transfer_throughput.measure(events=200_000 if args.quick else 1_000_000)]
-    figures += [("aggregation", f) for f in aggregation_hour.measure(events=20_000 if args.quick else 100_000)]
+    if not args.queries_only:
+        figures += other_figures(args.quick, args.reuse_dataset, DATABASES[seed_size])
+    print_table(figures, quick=args.quick, seconds=time.monotonic() - started)
+
+
+def other_figures(quick: bool, reuse_dataset: bool, seed_database: str) -> list[tuple[str, Figure]]:
+    """Every benchmark but the queries: ingest, freshness, transfer, aggregation, wide keys, export, dashboard."""
+    figures: list[tuple[str, Figure]] = []
+    figures += [("ingest", f) for f in ingest.measure(seconds=3 if quick else 5)]
+    figures += [("freshness", f) for f in freshness.measure(seconds=30 if quick else 60)]
+    figures += [("transfer", f) for f in transfer_throughput.measure(events=200_000 if quick else 1_000_000)]
+    figures += [("aggregation", f) for f in aggregation_hour.measure(events=20_000 if quick else 100_000)]
     figures += [
         ("cardinality", f)
         for f in aggregation_cardinality.measure(
-            known=100_000 if args.quick else 1_000_000, events=20_000 if args.quick else 100_000, runs=3
+            known=100_000 if quick else 1_000_000, events=20_000 if quick else 100_000, runs=3
         )
     ]
+    figures += [("wide keys", f) for f in wide_keys.measure(keys=10_000 if quick else 50_000, runs=5)]
+    figures += [("export", f) for f in export.measure(events=200_000 if quick else 1_000_000, reuse=reuse_dataset)]
+    figures += [("dashboard", f) for f in dashboard_figures(seed_database, loads=3 if quick else 7)]
+    return figures
 
-    figures += [("wide keys", f) for f in wide_keys.measure(keys=10_000 if args.quick else 50_000, runs=5)]
-    figures += [
-        ("export", f) for f in export.measure(events=200_000 if args.quick else 1_000_000, reuse=args.reuse_dataset)
-    ]
-    figures += [("dashboard", f) for f in dashboard_figures(DATABASES[seed_size], loads=3 if args.quick else 7)]
 
+def print_table(figures: list[tuple[str, Figure]], *, quick: bool, seconds: float) -> None:
+    """Every figure with its target and verdict; exits 1 when any failed."""
     print(f"\nGeneration Analytics benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}, "
-          f"{'quick' if args.quick else 'full'} sizes, {time.monotonic() - started:.0f} s")  # fmt: skip
+          f"{'quick' if quick else 'full'} sizes, {seconds:.0f} s")  # fmt: skip
     width = max(len(f.name) for _, f in figures)
     print(f"{'area':<13} {'figure':<{width}}  {'measured':<72} {'target':<16} verdict")
     for area, f in figures:
