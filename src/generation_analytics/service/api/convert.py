@@ -108,39 +108,61 @@ def to_message(obj: Any, message_cls: type[M]) -> M:
     Raises:
         UnmatchedField: a field of one has no counterpart in the other.
     """
-    extra, missing = unmatched({f.name for f in dataclasses.fields(obj)}, message_cls)
-    if extra or missing:
-        raise UnmatchedField(
-            f"{type(obj).__name__} -> {message_cls.DESCRIPTOR.name}: "
-            f"no message field for {sorted(extra)}, no result field for {sorted(missing)}"
-        )
-    fields_by_name = message_cls.DESCRIPTOR.fields_by_name
+    plan = _PLANS.get((type(obj), message_cls))
+    if plan is None:
+        plan = _PLANS[(type(obj), message_cls)] = _plan(type(obj), message_cls)
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if value is not None:
-            kwargs[f.name] = _field_value(fields_by_name[f.name], value)
+    for name, convert, repeated in plan:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if convert is None:
+            kwargs[name] = value
+        elif repeated and isinstance(value, list | tuple):
+            kwargs[name] = [convert(item) for item in value]
+        else:
+            kwargs[name] = convert(value)
     return message_cls(**kwargs)
 
 
-def _field_value(descriptor: Any, value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return [_single_value(descriptor, item) for item in value]
-    return _single_value(descriptor, value)
+Plan = tuple[tuple[str, Callable[[Any], Any] | None, bool], ...]
+_PLANS: dict[tuple[type, type], Plan] = {}
 
 
-def _single_value(descriptor: Any, value: Any) -> Any:
-    if isinstance(value, datetime):
-        return timestamp(value)
+def _plan(result_cls: type, message_cls: type[Message]) -> Plan:
+    """Per field of `result_cls`: its name, how its values become the message's (None: as they are) and
+    whether it is repeated. Checked and worked out once per pair (trends build thousands of points)."""
+    extra, missing = unmatched({f.name for f in dataclasses.fields(result_cls)}, message_cls)
+    if extra or missing:
+        raise UnmatchedField(
+            f"{result_cls.__name__} -> {message_cls.DESCRIPTOR.name}: "
+            f"no message field for {sorted(extra)}, no result field for {sorted(missing)}"
+        )
+    by_name = message_cls.DESCRIPTOR.fields_by_name
+    return tuple(
+        (f.name, _converter(by_name[f.name]), by_name[f.name].is_repeated) for f in dataclasses.fields(result_cls)
+    )
+
+
+def _converter(descriptor: Any) -> Callable[[Any], Any] | None:
+    """How one value of the field is converted: enums from their words, messages from datetimes (Timestamp)
+    or result dataclasses; scalars, maps and messages given as such pass unchanged."""
     if descriptor.enum_type is not None:
-        word = value if isinstance(value, Word) else WORDS_BY_PROTO[descriptor.enum_type.full_name](value)
-        return word.to_proto()
-    if descriptor.message_type is not None and dataclasses.is_dataclass(value):
-        special = _SPECIAL.get(descriptor.message_type.full_name)
-        if special:
-            return special(value)
-        return to_message(value, GetMessageClass(descriptor.message_type))
-    return value
+        words = WORDS_BY_PROTO[descriptor.enum_type.full_name]
+        return lambda value: (value if isinstance(value, Word) else words(value)).to_proto()
+    if descriptor.message_type is None:
+        return None
+    special = _SPECIAL.get(descriptor.message_type.full_name)
+    nested = GetMessageClass(descriptor.message_type)
+
+    def message(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return _timestamp_fast(value) if value.tzinfo is not None else timestamp(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return special(value) if special else to_message(value, nested)
+        return value
+
+    return message
 
 
 def _job_run(run: JobRunStatus | None) -> pipeline_pb2.JobRun:
