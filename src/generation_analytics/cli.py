@@ -41,13 +41,13 @@ class CliError(Exception):
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # APScheduler logs every run at INFO (every 2 s here); our jobs log what they did themselves.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    from generation_analytics.service.logs import configure_logging
+
+    configure_logging(level)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from generation_analytics.service.api.server import serve
+    from generation_analytics.service.api.server import serve, use_uvloop
     from generation_analytics.service.settings import describe, load_settings
 
     settings = load_settings()
@@ -56,12 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         for name, value in describe(settings):
             print(f"{name}={value}")
         return 0
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     asyncio.run(serve(settings))
     return 0
 

@@ -161,6 +161,8 @@ class ServerSettings:
     listen_addr: str = "127.0.0.1:50051"
     http_addr: str = "127.0.0.1:8001"
     shutdown_grace_s: float = 5.0
+    # Serving processes sharing the ports (SO_REUSEPORT): the kernel spreads connections over them.
+    processes: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +347,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_LISTEN_ADDR": ("server", "listen_addr"),
     "GA_HTTP_ADDR": ("server", "http_addr"),
     "GA_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s"),
+    "GA_SERVE_PROCESSES": ("server", "processes"),
     "GA_AUTH": ("auth", "mode"),
     "GA_ALLOW_UNAUTHENTICATED": ("auth", "allow_unauthenticated"),
     "GA_AUTH_CACHE_S": ("auth", "cache_s"),
@@ -427,6 +430,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for section, changes in sections.items():
         top[section] = replace(getattr(settings, section), **changes)
     result = replace(settings, **top)
+    if result.server.processes < 1:
+        raise SettingsError(f"GA_SERVE_PROCESSES={result.server.processes}: expected 1 or more")
     if result.auth.mode not in AUTH_MODES:
         raise SettingsError(f"GA_AUTH={result.auth.mode!r}: expected one of {', '.join(AUTH_MODES)}")
     if bool(result.tls.cert_file) != bool(result.tls.key_file):

@@ -369,8 +369,8 @@ class Gateway:
         await self.runner.cleanup()
 
 
-async def start_gateway(runtime: Runtime, addr: str) -> Gateway:
-    """Serve the gateway on `addr` ("host:port"; port 0 picks a free one)."""
+async def start_gateway(runtime: Runtime, addr: str, *, shared_port: bool = False) -> Gateway:
+    """Serve the gateway on `addr` ("host:port"; port 0 picks a free one); `shared_port`: SO_REUSEPORT."""
     host, _, port = addr.rpartition(":")
     runner = web.AppRunner(
         build_app(runtime),
@@ -381,7 +381,13 @@ async def start_gateway(runtime: Runtime, addr: str) -> Gateway:
     )
     await runner.setup()
     tls = runtime.settings.tls
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port), ssl_context=ssl_context(tls) if tls.enabled else None)
+    site = web.TCPSite(
+        runner,
+        host or "127.0.0.1",
+        int(port),
+        ssl_context=ssl_context(tls) if tls.enabled else None,
+        reuse_port=shared_port or None,
+    )
     await site.start()
     server: Any = site._server  # aiohttp exposes the bound sockets only here
     bound = server.sockets[0].getsockname()[1] if server and server.sockets else int(port)

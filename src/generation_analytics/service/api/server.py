@@ -66,14 +66,15 @@ class GrpcServer:
         await self.server.stop(grace_s)
 
 
-async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None) -> GrpcServer:
-    """Build and start the gRPC server for `runtime` on `listen_addr` (default: the settings')."""
+async def start_grpc(runtime: Runtime, *, listen_addr: str | None = None, shared_port: bool = False) -> GrpcServer:
+    """Build and start the gRPC server for `runtime` on `listen_addr` (default: the settings'). Its port
+    is shared (SO_REUSEPORT) only with `shared_port`: otherwise a second server on it fails to start."""
     limits = runtime.settings.limits
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if shared_port else 0),
         ],
         interceptors=[AuthInterceptor(runtime.api_keys)] if runtime.api_keys else None,
     )
@@ -202,31 +203,63 @@ def describe_redis(url: str) -> str:
     return f"{prefix}{parts.hostname or 'localhost'}:{port}/{parts.path.strip('/') or db or 0}"
 
 
+def use_uvloop() -> None:
+    """uvloop's event loop for the asyncio.run calls that follow, when it is installed."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
 async def serve(settings: Settings) -> None:
-    """Run the whole service until SIGTERM/SIGINT: embedded servers if needed, migrations, gRPC."""
+    """Run the whole service until SIGTERM/SIGINT: embedded servers if needed, migrations, gRPC; with
+    `GA_SERVE_PROCESSES` > 1, that many serving processes sharing the ports (`processes.py`)."""
     check_listeners(settings)  # before anything starts: nothing to undo when a port is taken
     check_exposure(settings, auth=auth_enabled(settings.auth, Runtime.listeners(settings)))
-    loop = asyncio.get_running_loop()
+    if settings.server.processes > 1:
+        check_fixed_ports(settings)
     settings, embedded = await asyncio.to_thread(start_embedded, settings)
     origin = {True: "embedded", False: "external"}
     log.info("postgres: %s (%s)", describe_postgres(settings.postgres.dsn), origin[embedded.postgres is not None])
     log.info("redis: %s (%s)", describe_redis(settings.redis.url), origin[embedded.redis is not None])
     try:
-        runtime = await Runtime.open(settings)
-        try:
-            grpc_server = await start_grpc(runtime)
-            http_addr = settings.server.http_addr
-            gateway = await start_gateway(runtime, http_addr) if http_addr.lower() != "off" else None
-            stop = asyncio.Event()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
-            log.info("serving; SIGTERM or Ctrl-C stops")
-            await stop.wait()
-            log.info("shutting down (grace %.1f s)", settings.server.shutdown_grace_s)
-            if gateway:
-                await gateway.stop()
-            await grpc_server.stop(settings.server.shutdown_grace_s)
-        finally:
-            await runtime.close()
+        if settings.server.processes > 1:
+            from generation_analytics.service.api.processes import serve_processes
+
+            await serve_processes(settings)
+        else:
+            await serve_here(settings)
     finally:
         await asyncio.to_thread(embedded.stop)
+
+
+async def serve_here(settings: Settings, *, shared_ports: bool = False) -> None:
+    """Serve in this process until SIGTERM/SIGINT (`shared_ports`: one of several processes on the ports)."""
+    loop = asyncio.get_running_loop()
+    runtime = await Runtime.open(settings)
+    try:
+        grpc_server = await start_grpc(runtime, shared_port=shared_ports)
+        http_addr = settings.server.http_addr
+        gateway = None
+        if http_addr.lower() != "off":
+            gateway = await start_gateway(runtime, http_addr, shared_port=shared_ports)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("serving; SIGTERM or Ctrl-C stops")
+        await stop.wait()
+        log.info("shutting down (grace %.1f s)", settings.server.shutdown_grace_s)
+        if gateway:
+            await gateway.stop()
+        await grpc_server.stop(settings.server.shutdown_grace_s)
+    finally:
+        await runtime.close()
+
+
+def check_fixed_ports(settings: Settings) -> None:
+    """Processes can share a port only if it is known before they start: port 0 would give each its own."""
+    for addr in Runtime.listeners(settings):
+        if addr.rpartition(":")[2] == "0":
+            raise SystemExit(f"error: GA_SERVE_PROCESSES > 1 needs fixed ports, not {addr}")
