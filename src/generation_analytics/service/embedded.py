@@ -134,13 +134,69 @@ class EmbeddedPostgres:
         logging.getLogger("pgserver").setLevel(logging.WARNING)
 
         self.folder.parent.mkdir(parents=True, exist_ok=True)
+        # A server of this folder still starting or shutting down (a stop that returned early, another
+        # process's start or stop) would be taken for the running server and fail pgserver's readiness
+        # check: let it get there first.
+        self._wait_settled()
         self._server = pgserver.get_server(self.folder.resolve(), cleanup_mode="stop")
         log.info("embedded postgres at %s", self.folder)
 
     def stop(self) -> None:
+        """Stop the server and wait until its postmaster has exited (pgserver's stop can return while it is
+        still shutting down: a start right after would find it there)."""
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+            self._wait_postmaster_gone()
+
+    def _postmaster_fields(self) -> list[str]:
+        try:
+            return (self.folder / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def _postmaster_status(self) -> str | None:
+        """postmaster.pid's status line ("starting", "ready", "stopping") while its postmaster runs."""
+        fields = self._postmaster_fields()
+        if len(fields) < 8 or not fields[0].strip().isdigit() or not _alive(int(fields[0])):
+            return None
+        return fields[7].strip()
+
+    def _wait_settled(self, timeout_s: float = 60.0) -> None:
+        """Until this folder's postmaster is ready or gone."""
+        deadline = time.monotonic() + timeout_s
+        while (status := self._postmaster_status()) not in (None, "ready"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"embedded postgres at {self.folder} stayed {status!r} for {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def _wait_postmaster_gone(self, timeout_s: float = 60.0) -> None:
+        fields = self._postmaster_fields()
+        if not fields or not fields[0].strip().isdigit():
+            return
+        pid, deadline = int(fields[0]), time.monotonic() + timeout_s
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"embedded postgres (pid {pid}) did not stop within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    if not Path("/proc").is_dir():  # not Linux: ask the kernel (a zombie counts as alive there)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "")
+    return state != "Z"
 
 
 @dataclass
