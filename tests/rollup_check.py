@@ -205,13 +205,18 @@ def assert_rollups_match_raw(dsn: str) -> None:
         assert row[2:] == (uids[row[0]], len(group), s.total_requests, s.successful, s.failed, s.cancelled,
                            len(s.durations), sum(s.durations), max(e.hour for e in group), s.last_at)  # fmt: skip
 
-    user_days = fetch(dsn, "SELECT day, uid, events, total_requests, duration_sum FROM generation_user_metrics_daily")
-    by_user_day = ref.group(raw, lambda e: (ref.day_of(e.timestamp), e.user_id))
-    assert {(r[0], uids[r[1]]) for r in user_days} == set(by_user_day)
-    for row in user_days:
-        group = by_user_day[(row[0], uids[row[1]])]
-        s = ref.summarize(group)
-        assert row[2:] == (len(group), s.total_requests, sum(s.durations)), (row[0], uids[row[1]], row[2:])
+    # ListTopUsers' bounds: each of a user's (up to three) recent days is a day of its events in the month,
+    # with month-to-date figures before it that never exceed the truth (smaller only after late events).
+    recent = fetch(
+        dsn, "SELECT uid, month, recent_days, recent_requests, recent_duration FROM generation_user_metrics_monthly"
+    )
+    for uid, month, days, requests_before, duration_before in recent:
+        group = by_user_month[(uids[uid], month)]
+        assert len(days) == len(requests_before) == len(duration_before) <= 3 and days == sorted(set(days))
+        for day, requests, duration in zip(days, requests_before, duration_before, strict=True):
+            assert day in {ref.day_of(e.timestamp) for e in group}
+            s = ref.summarize(e for e in group if ref.day_of(e.timestamp) < day)
+            assert 0 <= requests <= s.total_requests and 0 <= duration <= sum(s.durations), (uids[uid], day)
 
     model_days = fetch(
         dsn,

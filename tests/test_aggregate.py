@@ -108,7 +108,6 @@ def snapshot(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
         "generation_error_metrics_hourly": "hour, error_type",
         "generation_user_metrics_hourly": "uid, hour",
         "generation_user_metrics_monthly": "uid, month",
-        "generation_user_metrics_daily": "day, uid",
         "generation_model_metrics_daily": "day, model_checkpoint",
         "generation_error_metrics_daily": "day, error_type",
     }

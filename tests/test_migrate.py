@@ -132,8 +132,9 @@ def test_0005_moves_existing_rollups_to_the_new_shapes(empty_db_dsn: str, tmp_pa
             "SELECT uid, month, user_id::text, events, total_requests, successful_generations, failed_generations,"
             " last_hour FROM generation_user_metrics_monthly ORDER BY uid, month"
         ).fetchall()
-        daily = conn.execute(
-            "SELECT day, uid, events, total_requests, duration_sum FROM generation_user_metrics_daily ORDER BY 1, 2"
+        recent = conn.execute(
+            "SELECT uid, month, recent_days, recent_requests, recent_duration FROM generation_user_metrics_monthly"
+            " ORDER BY uid, month"
         ).fetchall()
         overall_days = conn.execute(
             "SELECT day, total_requests, successful_generations, failed_generations, duration_count, duration_sum,"
@@ -153,8 +154,12 @@ def test_0005_moves_existing_rollups_to_the_new_shapes(empty_db_dsn: str, tmp_pa
         (u1, november.date(), U1, 1, 0, 1, 0, november),
         (u2, november.date(), U2, 1, 0, 0, 1, november),
     ]
-    # 0014 sums the hourly rows per user and UTC day.
-    assert daily == [(october.date(), u1, 1, 1, 0), (november.date(), u1, 1, 0, 100), (november.date(), u2, 1, 0, 300)]
+    # 0014: each user-month's active days, with the month-to-date figures before each (none: first days).
+    assert recent == [
+        (u1, october.date().replace(day=1), [october.date()], [0], [0]),
+        (u1, november.date(), [november.date()], [0], [0]),
+        (u2, november.date(), [november.date()], [0], [0]),
+    ]
     # 0015's data step merges the hourly rows per UTC day, user sets as re-encoded by 0005's.
     assert [row[:7] for row in overall_days] == [(november.date(), 0, 1, 1, 2, 400, 2)]
     assert set(sketches.user_set([overall_days[0][7]])) == {u1, u2}

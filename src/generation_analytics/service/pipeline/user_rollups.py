@@ -1,11 +1,12 @@
-"""Per-user rollups: one row per user and hour, one per user and day, one per user and month, kept in
-step by deltas.
+"""Per-user rollups: one row per user and hour, one per user and month, kept in step by deltas.
 
 A user's totals over any window are read from a few monthly rows plus one hourly row (queries/users.py),
 so the hourly rows carry running totals (cum_*) that restart every UTC month. Recomputing a set of
 hours therefore changes, per user: the hours' own rows, the running totals of that user's later rows in
-the same month (only when the hours are late), and one daily row per day and one monthly row per month,
-by the difference between the new and the old rows. Nothing grows with the users ever seen or the hours after the event.
+the same month (only when the hours are late), and one monthly row per month, by the difference between
+the new and the old rows. The monthly row also keeps the user's last three active days with the
+month-to-date figures before each (ListTopUsers' bounds, see RECENT_DAYS). Nothing grows with the users
+ever seen or the hours after the event.
 
 Users are split in shards (uid modulo `SHARDS`) recomputed in parallel, each in its own transaction under
 its own locks (aggregate.py), on the shard's events (`rollups.create_agg_events` with a shard).
@@ -142,6 +143,30 @@ SELECT uid, month, {_list(ADDITIVE)} FROM generation_user_metrics_monthly LIMIT 
 SUMS = ", ".join(f"sum({c}) AS {c}" for c in ADDITIVE)
 
 
+# The user's last three active days, each with the month-to-date requests and GPU time before it (what
+# ListTopUsers bounds a window by: never more than the truth). A batch whose latest hour is on a day after
+# every hour already counted appends that day with the totals counted so far (they hold only earlier
+# days; late events for earlier days, counted afterwards, only make them smaller than the truth). Any
+# figure going down (events removed) empties them: bounds fall back to the whole month.
+_SHRANK = f"least({_list(ADDITIVE, 'EXCLUDED.')}) < 0"
+_NEW_DAY = "(EXCLUDED.last_hour AT TIME ZONE 'UTC')::date > (m.last_hour AT TIME ZONE 'UTC')::date"
+
+
+def _recent(column: str, value: str) -> str:
+    return f"""{column} = CASE WHEN {_SHRANK} THEN '{{}}'
+            WHEN {_NEW_DAY} THEN (m.{column} || {value})[greatest(cardinality(m.{column}) - 1, 1):]
+            ELSE m.{column} END"""
+
+
+RECENT_DAYS = ",\n        ".join(
+    (
+        _recent("recent_days", "(EXCLUDED.last_hour AT TIME ZONE 'UTC')::date"),
+        _recent("recent_requests", "m.total_requests"),
+        _recent("recent_duration", "m.duration_sum"),
+    )
+)
+
+
 def _upsert_months(*, one_hour: bool) -> str:
     """One hour holds one row per user and month: no summing over the hours is needed then."""
     if one_hour:
@@ -154,15 +179,17 @@ def _upsert_months(*, one_hour: bool) -> str:
         old = f"SELECT uid, month, {SUMS} FROM old_user_hours GROUP BY uid, month"
     return f"""
 WITH n AS ({new}), o AS ({old}), up AS (
-    INSERT INTO generation_user_metrics_monthly AS m (uid, month, user_id, {_list(ADDITIVE)}, last_hour, last_event_at)
+    INSERT INTO generation_user_metrics_monthly AS m (
+        uid, month, user_id, {_list(ADDITIVE)}, last_hour, last_event_at, recent_days, recent_requests, recent_duration)
     SELECT n.uid, n.month, n.user_id, {", ".join(f"n.{c} - coalesce(o.{c}, 0)" for c in ADDITIVE)},
-           n.last_hour, n.last_event_at
+           n.last_hour, n.last_event_at, ARRAY[(n.last_hour AT TIME ZONE 'UTC')::date], '{{0}}', '{{0}}'
     FROM n LEFT JOIN o USING (uid, month)
     ORDER BY n.uid, n.month
     ON CONFLICT (uid, month) DO UPDATE SET
         {", ".join(f"{c} = m.{c} + EXCLUDED.{c}" for c in ADDITIVE)},
         last_hour = greatest(m.last_hour, EXCLUDED.last_hour),
-        last_event_at = greatest(m.last_event_at, EXCLUDED.last_event_at)
+        last_event_at = greatest(m.last_event_at, EXCLUDED.last_event_at),
+        {RECENT_DAYS}
     RETURNING uid, month, {_list(ADDITIVE)}
 )
 INSERT INTO month_totals SELECT * FROM up
@@ -172,47 +199,10 @@ INSERT INTO month_totals SELECT * FROM up
 UPSERT_MONTHS_ONE_HOUR = _upsert_months(one_hour=True)
 UPSERT_MONTHS = _upsert_months(one_hour=False)
 
-# The daily rows (what ListTopUsers bounds a short window by) gain the same differences, per UTC day.
-DAY_OF_HOUR = "(hour AT TIME ZONE 'UTC')::date"
-DAILY = ("events", "total_requests", "duration_sum")
-
-
-def _upsert_days(*, one_hour: bool) -> str:
-    """Add each changed user-day's new-minus-old figures; the rows left at zero events come back to be
-    deleted (DELETE_EMPTY_DAYS)."""
-
-    def side(table: str) -> str:
-        joined = f"{table} JOIN changed_user_months USING (uid, month)"
-        if one_hour:  # one row per user-day already
-            return f"SELECT uid, {DAY_OF_HOUR} AS day, {_list(DAILY)} FROM {joined}"
-        sums = ", ".join(f"sum({c}) AS {c}" for c in DAILY)
-        return f"SELECT uid, {DAY_OF_HOUR} AS day, {sums} FROM {joined} GROUP BY 1, 2"
-
-    n, o = side("new_user_hours"), side("old_user_hours")
-    deltas = ", ".join(f"coalesce(n.{c}, 0) - coalesce(o.{c}, 0) AS {c}" for c in DAILY)
-    return f"""
-WITH n AS ({n}), o AS ({o}), d AS (
-    SELECT uid, day, {deltas} FROM n FULL JOIN o USING (uid, day)
-), up AS (
-    INSERT INTO generation_user_metrics_daily AS m (day, uid, {_list(DAILY)})
-    SELECT day, uid, {_list(DAILY)} FROM d WHERE ({_list(DAILY)}) <> ({", ".join("0" for _ in DAILY)})
-    ORDER BY day, uid
-    ON CONFLICT (day, uid) DO UPDATE SET {", ".join(f"{c} = m.{c} + EXCLUDED.{c}" for c in DAILY)}
-    RETURNING day, uid, events
-)
-SELECT day, uid FROM up WHERE events = 0
-"""
-
-
-UPSERT_DAYS_ONE_HOUR = _upsert_days(one_hour=True)
-UPSERT_DAYS = _upsert_days(one_hour=False)
-DELETE_EMPTY_DAYS = """
-DELETE FROM generation_user_metrics_daily AS m USING unnest(%(days)s::date[], %(uids)s::int[]) AS e (day, uid)
-WHERE m.day = e.day AND m.uid = e.uid AND m.events = 0
-"""
 # Users whose hours lost every event (never happens while raw events only grow; kept exact regardless).
 SHRINK_MONTHS = f"""
-UPDATE generation_user_metrics_monthly AS m SET {", ".join(f"{c} = m.{c} - o.{c}" for c in ADDITIVE)}
+UPDATE generation_user_metrics_monthly AS m SET {", ".join(f"{c} = m.{c} - o.{c}" for c in ADDITIVE)},
+    recent_days = '{{}}', recent_requests = '{{}}', recent_duration = '{{}}'
 FROM (
     SELECT uid, month, {SUMS} FROM old_user_hours AS o
     WHERE NOT EXISTS (SELECT 1 FROM new_user_hours AS n WHERE n.uid = o.uid AND n.month = o.month)
@@ -308,10 +298,6 @@ def write_users(cur: Cursor, params: dict[str, Any], months: list[date]) -> None
     cur.execute(CREATE_MONTH_TOTALS)
     one_hour = len(params["hours"]) == 1
     cur.execute(UPSERT_MONTHS_ONE_HOUR if one_hour else UPSERT_MONTHS)
-    cur.execute(UPSERT_DAYS_ONE_HOUR if one_hour else UPSERT_DAYS)
-    empty_days = cur.fetchall()
-    if empty_days:
-        cur.execute(DELETE_EMPTY_DAYS, {"days": [d for d, _ in empty_days], "uids": [u for _, u in empty_days]})
     forward: list[date] = []
     late: list[date] = []
     first_hour = _first_hour_per_month(params["hours"])

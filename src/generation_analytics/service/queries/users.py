@@ -123,32 +123,41 @@ async def user_analytics(
 # time), a window inside one month reads its monthly rows without grouping them.
 #
 # That exact total costs one index probe per user, so only the users who can still rank get one. Every
-# user active in the window first gets an upper bound of its figure from rows covering the window (the
-# daily rows of the days it touches for a short window, else its months); the `probe` users with the
-# highest bounds are computed exactly, and the `limit`-th best of those is a threshold no user whose bound
-# is below it can reach. The users at or above it are computed exactly and ranked: the answer is the same
-# as ranking everyone. The latest event inside the window is looked up only for the users ranked.
-MONTHS_GROUPED = """
+# user active in the window first gets an upper bound of its figure: its months minus what its monthly
+# row says came before the window in the first month (month-to-date figures before one of its last three
+# active days on or before the window's first day: never more than the truth, 0 when none is known).
+# The `probe` users with the highest bounds are computed exactly, and the `limit`-th best of those is a
+# threshold no user whose bound is below it can reach. The users at or above it are computed exactly and
+# ranked: the answer is the same as ranking everyone. The latest event inside the window is looked up only
+# for the users ranked.
+def _before(column: str) -> str:
+    """The month-to-date figure (recent_requests or recent_duration) before the window's first day."""
+    picks = " ".join(f"WHEN recent_days[{i}] <= %(first_day)s THEN {column}[{i}]" for i in (3, 2, 1))
+    return f"CASE {picks} ELSE 0 END"
+
+
+MONTHS_GROUPED = f"""
     SELECT uid, user_id, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
            sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
            sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum,
            max(last_hour) AS last_hour, max(last_event_at) AS last_event_at,
-           bool_or(month = %(first_month)s) AS in_first_month
+           bool_or(month = %(first_month)s) AS in_first_month,
+           sum(CASE WHEN month = %(first_month)s THEN {_before("recent_requests")} ELSE 0 END)::bigint
+               AS requests_before,
+           sum(CASE WHEN month = %(first_month)s THEN {_before("recent_duration")} ELSE 0 END)::bigint
+               AS duration_sum_before
     FROM generation_user_metrics_monthly WHERE month >= %(first_month)s
     GROUP BY uid, user_id
 """
-MONTHS_SINGLE = """
+MONTHS_SINGLE = f"""
     SELECT uid, user_id, events, total_requests AS requests, successful_generations AS successes,
            failed_generations AS failures, duration_count, duration_sum, last_hour, last_event_at,
-           true AS in_first_month
+           true AS in_first_month, {_before("recent_requests")} AS requests_before,
+           {_before("recent_duration")} AS duration_sum_before
     FROM generation_user_metrics_monthly WHERE month = %(first_month)s
 """
-# Upper bounds (uid, bound) for every user with an event in the window: its months, or its days.
-COVER_MONTHS = "SELECT uid, {order} AS bound FROM months WHERE last_hour >= %(start)s"
-COVER_DAYS = """
-    SELECT uid, sum({daily})::bigint AS bound FROM generation_user_metrics_daily
-    WHERE day >= %(first_day)s AND day <= %(last_day)s GROUP BY uid
-"""
+# Upper bounds (uid, bound) for every user with an event in the window.
+COVER = "SELECT uid, {order} - {order}_before AS bound FROM months WHERE last_hour >= %(start)s"
 
 
 def _windowed(users: str) -> str:
@@ -182,7 +191,7 @@ WITH months AS ({{months}}
            sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum
     FROM generation_user_metrics_hourly WHERE hour >= %(end)s{{future_bound}}
     GROUP BY uid
-), cover AS ({{cover}}
+), cover AS ({COVER}
 ), probed AS (
     SELECT uid FROM cover ORDER BY bound DESC LIMIT %(probe)s
 ), probed_exact AS ({_windowed("probed")}
@@ -207,15 +216,8 @@ SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS 
 FROM ranked AS r
 ORDER BY r.{{order}} DESC, r.user_id::text
 """
-# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum), and the daily
-# rows' column that bounds it.
+# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum).
 ORDER_COLUMNS = {UserOrder.REQUESTS: "requests", UserOrder.GPU_TIME: "duration_sum"}
-DAILY_COLUMNS = {UserOrder.REQUESTS: "total_requests", UserOrder.GPU_TIME: "duration_sum"}
-# Windows touching at most this many UTC days (days 1 and 2) are bounded by their days: within a day of
-# the window, where month-to-date bounds would be weeks loose and rule out nobody. Longer ones by their
-# months: fewer rows, bounds loose enough still (bench.top_users on 10M events: days=7 at p50 5.6-8.9 ms
-# bounded by months, 12.4-13.6 ms by its 8 days).
-MAX_COVER_DAYS = 3
 
 
 @dataclass
@@ -251,24 +253,15 @@ async def top_users(
         # Read one month only, subtract only the hours ahead inside it (at a month's last hour, events
         # stamped a few minutes ahead fall in the next month, which that month's rows never added).
         months, future_bound = (MONTHS_SINGLE, " AND hour < %(months_end)s") if single else (MONTHS_GROUPED, "")
-        days = window.dates
-        cover = COVER_DAYS if len(days) <= MAX_COVER_DAYS else COVER_MONTHS
-        column = ORDER_COLUMNS[order]
         await cur.execute(
-            TOP_USERS.format(
-                months=months,
-                future_bound=future_bound,
-                cover=cover.format(order=column, daily=DAILY_COLUMNS[order]),
-                order=column,
-            ),
+            TOP_USERS.format(months=months, future_bound=future_bound, order=ORDER_COLUMNS[order]),
             {
                 "start": window.start,
                 "end": window.end,
                 "first_month": first_month,
                 "first_month_start": day_start(first_month),
                 "months_end": day_start(month_of(day_start(first_month) + 32 * DAY)),
-                "first_day": days[0],
-                "last_day": days[-1],
+                "first_day": window.start.date(),
                 "limit": limit,
                 "probe": 2 * limit if probe is None else probe,
             },
