@@ -61,8 +61,12 @@ async def recent_activity(
     conn: AsyncConnection[Any], user_id: str, window: Window, *, limit: int = 20
 ) -> list[EventRecord]:
     async with conn.cursor(row_factory=class_row(EventRecord)) as cur:
+        # Never a prepared (generic) plan, as for list_events: after five calls psycopg prepares, and on 1M
+        # events the generic plan for "a user's latest events" read ~100 ms where the custom one reads 0.3 ms.
         await cur.execute(
-            RECENT_ACTIVITY, {"user_id": user_id, "start": window.start, "end": window.end, "limit": limit}
+            RECENT_ACTIVITY,
+            {"user_id": user_id, "start": window.start, "end": window.end, "limit": limit},
+            prepare=False,
         )
         return await cur.fetchall()
 
