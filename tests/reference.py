@@ -11,7 +11,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from fractions import Fraction
 from statistics import NormalDist
 from typing import Any
@@ -203,6 +203,15 @@ def window_quarters(days: int, now: datetime) -> list[datetime]:
     return [start + i * QUARTER for i in range(int((end - start) / QUARTER))]
 
 
+def _whole_utc_hour(day: date, hour: int, offset: timedelta, zone: ZoneInfo) -> bool:
+    """Whether the UTC hour behind this stretch of local hour lies in it whole (its exact percentile is
+    read). At a clock change it may not, even with a whole-hour offset: on Lord Howe Island's first
+    Sunday of October, 15:00-15:30 UTC is 01:30-02:00 (+10:30) and 15:30-16:00 UTC is 02:30-03:00 (+11)."""
+    local_start = datetime(day.year, day.month, day.day, hour, tzinfo=timezone(offset))
+    utc_hour = local_start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return all(occurrence(utc_hour + k * QUARTER, zone)[:2] == (day, hour) for k in range(4))
+
+
 def occurrence(moment: datetime, zone: ZoneInfo) -> tuple[date, int, timedelta | None]:
     """The stretch of local hour a moment falls in: local date, hour, and the offset then."""
     local = moment.astimezone(zone)
@@ -262,8 +271,12 @@ def local_hours(events: Iterable[Raw], days: int, now: datetime, zone: ZoneInfo)
         elif e.is_completion and e.duration_ms is not None:
             durations[(day, hour, offset)].append(float(e.duration_ms))
     p95s: list[list[tuple[float, float]]] = [[] for _ in range(24)]
-    for (_, hour, offset), values in durations.items():
-        whole_hour = offset is not None and offset % timedelta(hours=1) == timedelta(0)
+    for (day, hour, offset), values in durations.items():
+        whole_hour = (
+            offset is not None
+            and offset % timedelta(hours=1) == timedelta(0)
+            and _whole_utc_hour(day, hour, offset, zone)
+        )
         p95 = percentile_cont(values, 0.95)
         p95s[hour].append((p95, 0.0 if whole_hour else 0.01 * p95))
     return LocalHours(

@@ -150,6 +150,23 @@ def last_change(zone: ZoneInfo, *, forward: bool) -> datetime:
     return [c for c in changes if (offset(c + hour) > offset(c - hour)) == forward][-1]
 
 
+def test_a_clock_change_inside_a_utc_hour_splits_it(year_server: LiveServer, redis_url: str) -> None:
+    """Lord Howe Island moves from +10:30 to +11 at 02:00 local: the UTC hour of the change is half 01:30-02:00
+    and half 02:30-03:00, so the completion just after it has its p95 read from quarter-hour histograms, even
+    though +11 is a whole-hour offset (found by the property test above, 2026-11-29: the reference expected the
+    hour's exact percentile)."""
+    zone = ZoneInfo("Australia/Lord_Howe")
+    change = last_change(zone, forward=True)
+    completion = make_event("completion", timestamp=change + timedelta(minutes=1), duration_ms=1)
+    request = make_event("request", timestamp=change - timedelta(hours=3))
+    reset(year_server, redis_url)
+    load(year_server, [request, completion])
+    raw = [ref.from_message(e) for e in (request, completion)]
+    days = (now() - change).days + 2
+    answers, at = stable(lambda: ask_local(year_server, zone.key, days))
+    check_local_answers(raw, zone, days, at, answers)
+
+
 @pytest.mark.parametrize("forward", [True, False], ids=["spring-forward", "fall-back"])
 def test_new_york_days_around_its_clock_changes(year_server: LiveServer, forward: bool) -> None:
     """One request in every UTC hour of the 72 from the local midnight before the day of the change: that
