@@ -1,3 +1,3 @@
 """Test configuration: fixtures live in the fix_*.py modules."""
 
-pytest_plugins = ["tests.fix_services", "tests.fix_server", "tests.fix_pipeline"]
+pytest_plugins = ["tests.fix_services", "tests.fix_server", "tests.fix_pipeline", "tests.fix_replica"]

@@ -43,10 +43,11 @@ def sync_pool(settings: PostgresSettings, *, name: str, max_size: int | None = N
     return pool
 
 
-async def async_pool(settings: PostgresSettings, *, name: str) -> AsyncConnectionPool:
-    """A pool for the asyncio read path (queries, status). Opening does not wait for Postgres to be up."""
+async def async_pool(settings: PostgresSettings, *, name: str, dsn: str = "") -> AsyncConnectionPool:
+    """A pool for the asyncio read path (queries, status) on `dsn` (default: the primary's). Opening does
+    not wait for Postgres to be up."""
     pool = AsyncConnectionPool(
-        settings.dsn,
+        dsn or settings.dsn,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         kwargs={

@@ -11,10 +11,14 @@ nor clear on a figure nobody measured.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from generation_analytics.service.queries.status import StreamStatus
+from generation_analytics.service.replica import ReadPools
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,6 +61,11 @@ class ServiceMetrics:
             "ga_job_processed_total", "Events transferred / hours aggregated / rows pruned", ["job"], registry=r
         )
 
+    def watch_reads(self, reads: ReadPools) -> None:
+        """Export where queries are answered: `ga_queries_served_total{source}` and, with a read replica,
+        `ga_read_replica_up` (0 while queries fall back to the primary)."""
+        self.registry.register(_ReadsCollector(reads))
+
     def observe_job(self, job: str, *, duration_s: float, processed: int, failed: bool) -> None:
         self.job_runs.labels(job, "failure" if failed else "success").inc()
         self.job_duration.labels(job).observe(duration_s)
@@ -75,3 +84,23 @@ class ServiceMetrics:
             oldest = stream.oldest_untransferred_at
             self.transfer_lag.set(max(0.0, now_s - oldest.timestamp()) if oldest else 0.0)
         return generate_latest(self.registry)
+
+
+class _ReadsCollector(Collector):
+    """Read from the `ReadPools` when scraped."""
+
+    def __init__(self, reads: ReadPools) -> None:
+        self._reads = reads
+
+    def collect(self) -> Iterator[Metric]:
+        served = CounterMetricFamily(
+            "ga_queries_served", "Query answers by the database that served them", labels=["source"]
+        )
+        for source in ("primary", "replica"):
+            served.add_metric([source], self._reads.served[source])
+        yield served
+        up = self._reads.replica_up
+        if up is not None:
+            yield GaugeMetricFamily(
+                "ga_read_replica_up", "1 while queries go to the read replica, 0 while they fall back", value=int(up)
+            )

@@ -107,6 +107,9 @@ class PostgresSettings:
     """Where Postgres is and how many connections to hold. An empty `dsn` means "start an embedded one"."""
 
     dsn: str = ""
+    # A streaming replica for the query RPCs (empty: queries read the primary). See service/replica.py.
+    read_dsn: str = ""
+    replica_retry_s: float = 5.0
     pool_min_size: int = 1
     pool_max_size: int = 8
     connect_timeout_s: float = 5.0
@@ -116,7 +119,10 @@ class PostgresSettings:
         return cls(dsn=dsn, **kwargs)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        return f"PostgresSettings(dsn={_hide_password(self.dsn)!r}, pool={self.pool_min_size}..{self.pool_max_size})"
+        read = f", read_dsn={_hide_password(self.read_dsn)!r}" if self.read_dsn else ""
+        return (
+            f"PostgresSettings(dsn={_hide_password(self.dsn)!r}{read}, pool={self.pool_min_size}..{self.pool_max_size})"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,6 +347,8 @@ class Settings:
 ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_POSTGRES_DSN": ("postgres", "dsn"),
     "GA_POSTGRES_POOL_MAX_SIZE": ("postgres", "pool_max_size"),
+    "GA_POSTGRES_READ_DSN": ("postgres", "read_dsn"),
+    "GA_READ_REPLICA_RETRY_S": ("postgres", "replica_retry_s"),
     "GA_REDIS_URL": ("redis", "url"),
     "GA_NAMESPACE": ("redis", "namespace"),
     "GA_REDIS_TIMEOUT_S": ("redis", "socket_timeout_s"),

@@ -17,6 +17,7 @@ from generation_analytics.service.metrics import ServiceMetrics
 from generation_analytics.service.migrate import migrate
 from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.queries.service import AnalyticsQueries
+from generation_analytics.service.replica import ReadPools
 from generation_analytics.service.settings import Settings
 from generation_analytics.service.stream import StreamKeys, connect_redis
 
@@ -55,11 +56,21 @@ class Runtime:
         redis_client = connect_redis(settings.redis.url, timeout_s=settings.redis.socket_timeout_s)
         capture = EventCapture(redis=settings.redis, keys=keys, limits=settings.limits, retention=settings.retention)
         pool = await async_pool(settings.postgres, name="queries")
+        replica = settings.postgres.read_dsn
+        reads = ReadPools(
+            pool,
+            await async_pool(settings.postgres, name="replica", dsn=replica) if replica else None,
+            retry_s=settings.postgres.replica_retry_s,
+            connect_timeout_s=settings.postgres.connect_timeout_s,
+        )
         metrics = ServiceMetrics()
+        metrics.watch_reads(reads)
         pipeline = Pipeline.of(settings, observe=metrics.observe_job)
         if settings.schedule.enabled:
             pipeline.start_schedule()
-        queries = AnalyticsQueries(pool=pool, redis_client=redis_client, keys=keys, prices=settings.prices.table)
+        queries = AnalyticsQueries(
+            pool=pool, reads=reads, redis_client=redis_client, keys=keys, prices=settings.prices.table
+        )
         runtime = cls(
             settings=settings,
             keys=keys,
@@ -84,5 +95,6 @@ class Runtime:
             task.cancel()
         await self.capture.close()
         await asyncio.to_thread(self.pipeline.close)
+        await self.queries.reads.close()
         await self.pool.close()
         await self.redis.aclose()

@@ -61,9 +61,19 @@ FROM generation_metrics_hourly
 WHERE (timestamp >= %(head_start)s AND timestamp < %(head_end)s)
    OR (timestamp >= %(tail_start)s AND timestamp < %(tail_end)s)
 """
-# Rollups reflect every event stored before the oldest still-dirty hour of the window was marked.
+# Rollups reflect every event stored before the oldest still-dirty hour of the window was marked. On a
+# read replica, also no later than what it has replayed: now() while it streams and has replayed all it
+# received, else the commit time of the last transaction it replayed (paused or behind).
 DATA_AS_OF = """
-SELECT coalesce(min(marked_at), now()) FROM generation_dirty_hours WHERE hour >= %(start)s AND hour < %(end)s
+SELECT least(
+    coalesce(min(marked_at), now()),
+    CASE
+        WHEN NOT pg_is_in_recovery() THEN now()
+        WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+             AND EXISTS (SELECT FROM pg_stat_wal_receiver) THEN now()
+        ELSE coalesce(pg_last_xact_replay_timestamp(), pg_postmaster_start_time())
+    END)
+FROM generation_dirty_hours WHERE hour >= %(start)s AND hour < %(end)s
 """
 
 

@@ -44,6 +44,7 @@ from generation_analytics.service.queries.status import stream_backlog
 from generation_analytics.service.queries.totals import LIST_LIMIT, MAX_LIST_LIMIT
 from generation_analytics.service.queries.users import TopUsers, UserAnalytics, top_users, user_analytics
 from generation_analytics.service.queries.window import Window, bounded, text_filter, user_uuid, window
+from generation_analytics.service.replica import ReadPools
 from generation_analytics.service.settings import GpuPrices
 from generation_analytics.service.stream import StreamKeys
 
@@ -97,12 +98,15 @@ class AnalyticsQueries:
         self,
         *,
         pool: AsyncConnectionPool,
+        reads: ReadPools | None = None,
         redis_client: aioredis.Redis,
         keys: StreamKeys,
         token_secret: bytes = b"",
         prices: GpuPrices | None = None,
     ) -> None:
         self._pool = pool
+        # Where the questions are answered (a read replica when one answers); `pool` is the primary's.
+        self.reads = reads or ReadPools(pool)
         self.prices = prices or GpuPrices()
         self._redis = redis_client
         self._keys = keys
@@ -131,55 +135,49 @@ class AnalyticsQueries:
     async def overview(self, question: OverviewQuestion) -> Overview:
         w = question_window(question)
         pending = await self.pending_events()
-        async with self._pool.connection() as conn:
-            return await overview(conn, w, pending_events=pending, prices=self.prices)
+        return await self.reads.run(lambda conn: overview(conn, w, pending_events=pending, prices=self.prices))
 
     async def trends(self, question: TrendsQuestion) -> Trends:
         w = question_window(question)
-        async with self._pool.connection() as conn:
-            return await trends(conn, w, interval=question.interval)
+        return await self.reads.run(lambda conn: trends(conn, w, interval=question.interval))
 
     async def user(self, question: UserQuestion) -> UserAnalytics:
         user_id = user_uuid(question.user_id)
         w = question_window(question)
-        async with self._pool.connection() as conn:
-            return await user_analytics(conn, user_id, w, limit=list_limit(question.limit), prices=self.prices)
+        limit = list_limit(question.limit)
+        return await self.reads.run(lambda conn: user_analytics(conn, user_id, w, limit=limit, prices=self.prices))
 
     async def models(self, question: ModelsQuestion) -> ModelPerformanceReport:
         w = question_window(question)
-        async with self._pool.connection() as conn:
-            return await model_performance(conn, w, limit=list_limit(question.limit), prices=self.prices)
+        limit = list_limit(question.limit)
+        return await self.reads.run(lambda conn: model_performance(conn, w, limit=limit, prices=self.prices))
 
     async def failures(self, question: FailuresQuestion) -> FailureAnalysis:
         w = question_window(question)
-        async with self._pool.connection() as conn:
-            return await failure_analysis(conn, w, limit=list_limit(question.limit))
+        limit = list_limit(question.limit)
+        return await self.reads.run(lambda conn: failure_analysis(conn, w, limit=limit))
 
     async def peak_hours(self, question: PeakHoursQuestion) -> PeakHours:
         w = question_window(question)
-        async with self._pool.connection() as conn:
-            return await peak_hours(conn, w)
+        return await self.reads.run(lambda conn: peak_hours(conn, w))
 
     async def events(self, question: EventsQuestion) -> EventPage:
         w = question_window(question)
         filters = checked_filters(question)
         size = page_size(question.page_size)
         tokens = await self._page_tokens()
-        async with self._pool.connection() as conn:
-            return await list_events(conn, w, filters, page_size=size, tokens=tokens)
+        return await self.reads.run(lambda conn: list_events(conn, w, filters, page_size=size, tokens=tokens))
 
     async def top_users(self, question: TopUsersQuestion) -> TopUsers:
         w = question_window(question)
         n = bounded(question.limit, default=20, low=1, high=MAX_TOP_USERS, field="limit")
-        async with self._pool.connection() as conn:
-            return await top_users(conn, w, limit=n, order=question.order)
+        return await self.reads.run(lambda conn: top_users(conn, w, limit=n, order=question.order))
 
     async def compare_checkpoints(self, question: CheckpointsQuestion) -> CheckpointComparison:
         a = checkpoint_name(question.model_checkpoint_a, "model_checkpoint_a")
         b = checkpoint_name(question.model_checkpoint_b, "model_checkpoint_b")
         w = question_window(question)
-        async with self._pool.connection() as conn:
-            return await compare_checkpoints(conn, w, a, b, prices=self.prices)
+        return await self.reads.run(lambda conn: compare_checkpoints(conn, w, a, b, prices=self.prices))
 
     async def export(self, question: ExportQuestion) -> AsyncGenerator[EventBatch, None]:
         """The batches of ExportEvents. The filters are checked here, before anything is read, so a bad
@@ -189,7 +187,7 @@ class AnalyticsQueries:
 
         async def batches() -> AsyncGenerator[EventBatch, None]:
             # Closed inner first: the cursor and its transaction end before the connection goes back.
-            async with self._pool.connection() as conn, contextlib.aclosing(export_events(conn, w, filters)) as rows:
+            async with self.reads.connection() as conn, contextlib.aclosing(export_events(conn, w, filters)) as rows:
                 async for batch in rows:
                     yield EventBatch(events=batch)
 
@@ -204,8 +202,7 @@ class AnalyticsQueries:
             error_type=text_filter(question.error_type, "error_type") or "",
         )
         tokens = await self._page_tokens()
-        async with self._pool.connection() as conn:
-            return await list_error_groups(conn, w, filters, page_size=size, tokens=tokens)
+        return await self.reads.run(lambda conn: list_error_groups(conn, w, filters, page_size=size, tokens=tokens))
 
 
 Answer = Callable[[AnalyticsQueries, Any], Awaitable[Any]]
