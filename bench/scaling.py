@@ -108,13 +108,18 @@ def counted(stub: analytics_pb2_grpc.AnalyticsServiceStub) -> int:
     return o.total_requests + o.successful_generations + o.failed_generations + o.cancelled_generations
 
 
-def run_phase(address: str, payloads: Payloads, *, seconds: float, threads: int, rate: float | None) -> Run:
-    """Writers for `seconds` (paced to `rate` events/s, or flat out) while the overview is sampled."""
+def run_phase(
+    address: str, payloads: Payloads, *, seconds: float, threads: int, rate: float | None, counted_before: int = 0
+) -> Run:
+    """Writers for `seconds` (paced to `rate` events/s, or flat out) while the overview is sampled; when
+    paced, sampling goes on after the writers stop until every acknowledged event is counted (so the last
+    batches' freshness is measured too)."""
     acked: list[tuple[float, int]] = []
     seen: list[tuple[float, int]] = []
     refused = [0]
     lock = threading.Lock()
     stop = threading.Event()
+    stop_sampling = threading.Event()
     interval = None if rate is None else BATCH * threads / rate
 
     def write() -> None:
@@ -144,17 +149,24 @@ def run_phase(address: str, payloads: Payloads, *, seconds: float, threads: int,
     def sample() -> None:
         with grpc.insecure_channel(address) as channel:
             stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
-            while not stop.is_set():
-                seen.append((time.monotonic(), counted(stub)))
+            while not stop_sampling.is_set():
+                seen.append((time.monotonic(), counted(stub) - counted_before))
                 time.sleep(0.5)
 
-    workers = [threading.Thread(target=write) for _ in range(threads)] + [threading.Thread(target=sample)]
-    for t in workers:
+    writers = [threading.Thread(target=write) for _ in range(threads)]
+    sampler = threading.Thread(target=sample)
+    for t in [*writers, sampler]:
         t.start()
     time.sleep(seconds)
     stop.set()
-    for t in workers:
+    for t in writers:
         t.join(60)
+    total = sum(n for _, n in acked)
+    deadline = time.monotonic() + 300
+    while rate is not None and time.monotonic() < deadline and (not seen or seen[-1][1] < total):
+        time.sleep(0.5)
+    stop_sampling.set()
+    sampler.join(60)
     acked.sort()
     return Run(acked, seen, refused[0])
 
@@ -222,9 +234,9 @@ def measure_layout(layout: Layout, *, seconds: float, threads: int, load: float)
             pipeline = slope(flat_out.seen, skip_s=5.0)
             drain_s = wait_drained(address, acked)
             offered = load * pipeline
-            before = acked
-            steady = run_phase(address, payloads, seconds=seconds, threads=threads, rate=offered)
-            delays = freshness(Run(steady.acked, [(t, n - before) for t, n in steady.seen], steady.refused))
+            print(f"{layout.name}: ingest {ingest:,.0f}/s, pipeline {pipeline:,.0f}/s, drained in {drain_s:.1f} s")
+            steady = run_phase(address, payloads, seconds=seconds, threads=threads, rate=offered, counted_before=acked)
+            delays = freshness(steady)
         finally:
             for process in processes:
                 process.terminate()
