@@ -1,7 +1,8 @@
 """Ingest: what recording costs, each figure beside its baseline measured in the same run.
 
 * RecordEvent unary latency (p50/p99, sequential calls) against an empty grpc.aio echo server
-  (bench.echo_server), and against the same service with API keys required (GA_AUTH=on, an ingest
+  (bench.echo_server), against the same echo making one Redis round trip (PING) per call — the floor
+  of any RecordEvent, whose OK means Redis holds the event — and against the same service with API keys required (GA_AUTH=on, an ingest
   key on every call) — interleaved rounds, so all three see the same machine.
 * RecordEvents throughput at batch sizes 100/500/1000 (4 client threads) against raw redis-py
   pipelined XADD of the same payloads (4 threads) — the ceiling of "events into Redis" from Python.
@@ -57,9 +58,11 @@ def events(n: int, seed: int) -> list[events_pb2.GenerationEvent]:
     return [synthetic_event(rng, datetime.now(UTC), users) for _ in range(n)]
 
 
-def start_echo() -> tuple[subprocess.Popen[bytes], str]:
+def start_echo(*redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The empty echo; with a Redis URL, the echo plus one Redis round trip per call."""
     addr = f"127.0.0.1:{free_port()}"
-    process = subprocess.Popen([sys.executable, "-m", "bench.echo_server", addr], cwd=Path(__file__).parents[1])
+    command = [sys.executable, "-m", "bench.echo_server", addr, *redis_url]
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[1])
     grpc.channel_ready_future(grpc.insecure_channel(addr)).result(timeout=30)
     return process, addr
 
@@ -164,6 +167,7 @@ def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
         keyed, keyed_addr = start_service(dsn, namespace=namespace, GA_SCHEDULER_ENABLED="false", GA_AUTH="on")
         piped, piped_addr = start_service(dsn, namespace=piped_namespace)
         echo, echo_addr = start_echo()
+        pinging, pinging_addr = start_echo(REDIS_URL)
         try:
             timings = unary_latency(
                 {
@@ -171,6 +175,7 @@ def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
                     "keyed": (keyed_addr, (("authorization", f"Bearer {token}"),)),
                     "piped": (piped_addr, ()),
                     "echo": (echo_addr, ()),
+                    "echo+redis": (pinging_addr, ()),
                 },
                 rounds=5,
                 calls=400,
@@ -182,6 +187,9 @@ def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
             figures.append(Figure("RecordEvent p50 / p99", f"{p50:.0f} / {p99:.0f} µs"))
             figures.append(Figure("empty grpc.aio echo p50 / p99", f"{e50:.0f} / {e99:.0f} µs"))
             figures.append(Figure("RecordEvent / echo, p50", f"{p50 / e50:.2f}x", "<= 1.25x", p50 / e50 <= 1.25))
+            r50 = percentile(timings["echo+redis"], 0.5)
+            figures.append(Figure("echo + one Redis PING, p50 (the floor)", f"{r50:.0f} µs ({r50 / e50:.2f}x echo)"))
+            figures.append(Figure("RecordEvent / (echo + PING), p50", f"{p50 / r50:.2f}x"))
             figures.append(
                 Figure("RecordEvent / echo, p50, pipeline on", f"{o50 / e50:.2f}x ({o50:.0f} µs)", "<= 1.25x",
                        o50 / e50 <= 1.25)
@@ -203,7 +211,7 @@ def measure(*, seconds: float = 5.0, threads: int = 4) -> list[Figure]:
                 Figure("EventRecorder.record() p50 / p99", f"{c50:.1f} / {c99:.1f} µs", "p99 <= 20 µs", c99 <= 20)
             )
         finally:
-            for process in (service, keyed, piped, echo):
+            for process in (service, keyed, piped, echo, pinging):
                 process.terminate()
                 process.wait(30)
     return figures
