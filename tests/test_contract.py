@@ -22,7 +22,7 @@ from generation_analytics.service.pipeline.transfer import TransferReport
 from generation_analytics.service.queries.events import EventRecord
 from generation_analytics.service.queries.service import ANSWERS
 from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2, pipeline_pb2
-from generation_analytics.vocabulary import PROTO_ENUMS, Word
+from generation_analytics.vocabulary import PROTO_ENUMS, UnknownValue, Word
 
 SERVICES: list[tuple[ServiceDescriptor, type]] = [
     (events_pb2.DESCRIPTOR.services_by_name["EventService"], rpc.EventServicer),
@@ -121,6 +121,9 @@ def test_every_word_maps_onto_its_proto_enum(word: type[Word]) -> None:
     numbers = {member.to_proto() for member in word}
     assert numbers == {v.number for v in proto.values if v.number != 0}, "a word or an enum value has no twin"
     assert all(word.from_proto(member.to_proto()) is member for member in word)
+    for unknown in (0, max(numbers) + 1, -1):  # unspecified, and a number a newer producer might send
+        with pytest.raises(UnknownValue, match="unknown value"):
+            word.from_proto(unknown, field="event.x")
 
 
 def test_a_renamed_result_field_fails_loudly() -> None:
