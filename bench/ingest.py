@@ -2,8 +2,8 @@
 
 * RecordEvent unary latency (p50/p99, sequential calls) against an empty grpc.aio echo server
   (bench.echo_server), against the same echo making one Redis round trip (PING) per call — the floor
-  of any RecordEvent, whose OK means Redis holds the event — and against the same service with API keys required (GA_AUTH=on, an ingest
-  key on every call) — interleaved rounds, so all three see the same machine.
+  of any RecordEvent, whose OK means Redis holds the event — and against the same service with API
+  keys required (GA_AUTH=on, an ingest key on every call) — interleaved rounds, so all see the same machine.
 * RecordEvents throughput at batch sizes 100/500/1000 (4 client threads) against raw redis-py
   pipelined XADD of the same payloads (4 threads) — the ceiling of "events into Redis" from Python.
 * EventRecorder.record() cost to the caller, p50/p99 over 200,000 calls.

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import redis.exceptions
 
 from generation_analytics.service.embedded import EmbeddedRedis
@@ -55,6 +56,32 @@ def test_an_error_reply_goes_to_its_own_caller_only(redis_url: str) -> None:
             )  # fmt: skip
             assert (replies[0], replies[2]) == (b"a", b"b")
             assert isinstance(replies[1], redis.exceptions.ResponseError)
+        finally:
+            await link.close()
+
+    asyncio.run(scenario())
+
+
+def test_commands_sent_together_answer_in_order_with_errors_in_place_amid_other_callers(redis_url: str) -> None:
+    async def scenario() -> None:
+        link = RedisLink(redis_url, timeout_s=5)
+        try:
+            many = [("ECHO", f"m{i}") if i % 4 else ("NO-SUCH-COMMAND", i) for i in range(40)]
+            others = [link.execute("ECHO", f"o{i}") for i in range(40)]
+            together, *single = await asyncio.gather(link.execute_many(*many), *others)
+            assert single == [f"o{i}".encode() for i in range(40)]
+            for i, reply in enumerate(together):
+                if i % 4:
+                    assert reply == f"m{i}".encode()
+                else:
+                    assert isinstance(reply, redis.exceptions.ResponseError)
+            own_id = await link.execute("CLIENT", "ID")
+            killer = redis.Redis.from_url(redis_url)
+            killer.client_kill_filter(_id=own_id)  # the link's connection dies under it
+            killer.close()
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await link.execute_many(("ECHO", "x"), ("ECHO", "y"))
+            assert await link.execute_many(("ECHO", "x"), ("ECHO", "y")) == [b"x", b"y"]  # reconnected
         finally:
             await link.close()
 

@@ -38,10 +38,25 @@ def test_environment_overrides_are_typed() -> None:
     assert not settings.embedded
 
 
-@pytest.mark.parametrize(("name", "value"), [("GA_MAX_BATCH_EVENTS", "many"), ("GA_SCHEDULER_ENABLED", "maybe")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GA_MAX_BATCH_EVENTS", "many"),
+        ("GA_SCHEDULER_ENABLED", "maybe"),
+        ("GA_REDIS_WAIT_REPLICAS", "-1"),
+    ],
+)
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         load_settings({name: value})
+
+
+@pytest.mark.parametrize("timeout_ms", ["0", "1000", "5000"])  # 1000: not shorter than GA_REDIS_TIMEOUT_S
+def test_a_replica_wait_that_the_socket_timeout_would_cut_short_is_refused(timeout_ms: str) -> None:
+    with pytest.raises(SettingsError, match="GA_REDIS_WAIT_TIMEOUT_MS"):
+        load_settings({"GA_REDIS_WAIT_REPLICAS": "1", "GA_REDIS_WAIT_TIMEOUT_MS": timeout_ms})
+    assert load_settings({"GA_REDIS_WAIT_TIMEOUT_MS": timeout_ms}).redis.wait_replicas == 0  # unused: no check
+    assert load_settings({"GA_REDIS_WAIT_REPLICAS": "2", "GA_REDIS_WAIT_TIMEOUT_MS": "999"}).redis.wait_replicas == 2
 
 
 def test_secrets_are_hidden() -> None:

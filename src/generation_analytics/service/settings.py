@@ -133,6 +133,11 @@ class RedisSettings:
     namespace: str = "ga"
     # Recording must fail fast (UNAVAILABLE) rather than hang when Redis is gone.
     socket_timeout_s: float = 1.0
+    # Acknowledged means replicated: with N > 0, recording answers OK only once N Redis replicas hold the
+    # events (WAIT N), else UNAVAILABLE after `wait_timeout_ms` (the retry is deduplicated by event_id).
+    # 0: OK once the Redis master holds them; a master lost before replicating loses what it acknowledged.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 500
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> RedisSettings:
@@ -352,6 +357,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_REDIS_URL": ("redis", "url"),
     "GA_NAMESPACE": ("redis", "namespace"),
     "GA_REDIS_TIMEOUT_S": ("redis", "socket_timeout_s"),
+    "GA_REDIS_WAIT_REPLICAS": ("redis", "wait_replicas"),
+    "GA_REDIS_WAIT_TIMEOUT_MS": ("redis", "wait_timeout_ms"),
     "GA_LISTEN_ADDR": ("server", "listen_addr"),
     "GA_HTTP_ADDR": ("server", "http_addr"),
     "GA_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s"),
@@ -440,6 +447,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     result = replace(settings, **top)
     if result.server.processes < 1:
         raise SettingsError(f"GA_SERVE_PROCESSES={result.server.processes}: expected 1 or more")
+    redis_settings = result.redis
+    if redis_settings.wait_replicas < 0:
+        raise SettingsError(f"GA_REDIS_WAIT_REPLICAS={redis_settings.wait_replicas}: expected 0 or more")
+    if (
+        redis_settings.wait_replicas
+        and not 1 <= redis_settings.wait_timeout_ms < redis_settings.socket_timeout_s * 1000
+    ):
+        raise SettingsError(
+            f"GA_REDIS_WAIT_TIMEOUT_MS={redis_settings.wait_timeout_ms}: expected 1 or more and less than"
+            f" GA_REDIS_TIMEOUT_S ({redis_settings.socket_timeout_s} s), which would cut the WAIT short"
+        )
     if result.auth.mode not in AUTH_MODES:
         raise SettingsError(f"GA_AUTH={result.auth.mode!r}: expected one of {', '.join(AUTH_MODES)}")
     if bool(result.tls.cert_file) != bool(result.tls.key_file):

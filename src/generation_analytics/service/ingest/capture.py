@@ -42,6 +42,7 @@ class EventCapture:
         self, *, redis: RedisSettings, keys: StreamKeys, limits: LimitSettings, retention: RetentionSettings
     ) -> None:
         self._link = RedisLink(redis.url, timeout_s=redis.socket_timeout_s)
+        self._wait = ("WAIT", redis.wait_replicas, redis.wait_timeout_ms) if redis.wait_replicas else None
         self._keys = keys
         self._limits = limits
         self._retention_s = retention.days * 86_400  # older timestamps are refused: nothing would keep them
@@ -84,12 +85,12 @@ class EventCapture:
         command = ("EVALSHA", APPEND_EVENTS_SHA, 1, self._keys.stream, self._limits.max_stream_backlog, *payloads)
         try:
             try:
-                await self._link.execute(*command)
+                await self._append(command)
             except redis.exceptions.ResponseError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 await self._link.execute("SCRIPT", "LOAD", APPEND_EVENTS_LUA)  # first use, or Redis restarted
-                await self._link.execute(*command)
+                await self._append(command)
         except redis.exceptions.ResponseError as exc:
             if "BACKLOG" in str(exc) or "OOM" in str(exc):
                 log.warning("the event stream refuses new events: %s", exc)
@@ -98,6 +99,26 @@ class EventCapture:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("redis unavailable while recording %d events: %s", len(payloads), exc)
             raise Unavailable("the event stream is unavailable; retry later") from exc
+
+    async def _append(self, command: tuple[object, ...]) -> None:
+        """Run the append; with `wait_replicas`, WAIT for the replicas in the same write.
+
+        Raises:
+            redis.exceptions.ResponseError: the append failed (NOSCRIPT, BACKLOG, OOM, ...).
+            Unavailable: fewer replicas than asked acknowledged within the timeout (the events are on the
+                master and will be stored; the caller's retry is deduplicated by event_id).
+        """
+        if self._wait is None:
+            await self._link.execute(*command)
+            return
+        appended, replicas = await self._link.execute_many(command, self._wait)
+        if isinstance(appended, Exception):
+            raise appended
+        if isinstance(replicas, Exception) or replicas < self._wait[1]:
+            log.warning("recorded events reached %s of %d Redis replicas in time", replicas, self._wait[1])
+            raise Unavailable(
+                f"the events did not reach {self._wait[1]} Redis replica(s) within {self._wait[2]} ms; retry later"
+            )
 
     async def close(self) -> None:
         await self._link.close()

@@ -94,6 +94,38 @@ class RedisLink:
             self._watchdog = loop.call_later(self._timeout_s, self._check_deadlines)
         return await future
 
+    async def execute_many(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send several commands in one write (Redis runs them in that order, nothing in between from
+        this connection) and return their replies; a command's error is returned in its place as a
+        `redis.exceptions.ResponseError`, so later commands' replies are not lost.
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis cannot be reached (or stopped answering in time).
+        """
+        transport = self._transport if self._transport is not None else await self._connect()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        deadline = loop.time() + self._timeout_s
+        for _ in commands:
+            futures.append(loop.create_future())
+            self._pending.append((futures[-1], deadline))
+        transport.write(b"".join(hiredis.pack_command(command) for command in commands))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check_deadlines)
+        replies: list[Any] = []
+        try:
+            for future in futures:
+                try:
+                    replies.append(await future)
+                except redis.exceptions.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            for future in futures:  # the connection failed them all: retrieve the rest, so none is "never retrieved"
+                if future.done() and not future.cancelled():
+                    future.exception()
+            raise
+        return replies
+
     def _check_deadlines(self) -> None:
         """Fail everything in flight when the oldest command is past its deadline; else look again then."""
         self._watchdog = None
