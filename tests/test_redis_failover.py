@@ -17,6 +17,8 @@ import pytest
 from generation_analytics.service.settings import Settings
 from tests.fix_redis_replica import RedisGroup, record_through_a_failover, redis_server_binary, running_redis_group
 
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
 
 @pytest.fixture
 def redis_group() -> Iterator[RedisGroup]:

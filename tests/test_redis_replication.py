@@ -22,6 +22,8 @@ from tests.factories import make_event
 from tests.fix_redis_replica import RedisPair
 from tests.fix_server import LiveServer
 
+pytestmark = pytest.mark.faults
+
 
 def on(settings: Settings, pair: RedisPair, *, wait_replicas: int) -> Settings:
     return replace(settings, redis=replace(settings.redis, url=pair.master_url, wait_replicas=wait_replicas))
