@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 from generation_analytics.service.fingerprints import fingerprint
-from generation_analytics.service.pipeline.transfer import Transfer
+from generation_analytics.service.pipeline.transfer import RELAXED_GC_THRESHOLD, Transfer, _fewer_collections
 from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.settings import PostgresSettings, Settings
 from generation_analytics.service.stream import TRANSFER_GROUP, StreamKeys, event_to_row
@@ -389,3 +390,19 @@ def test_every_reread_entry_is_capped_though_deleted_entries_lie_between(
     # 1 reclaimed + the 20 kept entries re-read as history (the deleted ones between were skipped).
     assert (report.reclaimed, report.read_entries, report.dead_lettered, report.inserted) == (1, 21, 20, 1)
     assert sorted(entry_id for entry_id, _ in dead_letters(settings.postgres.dsn)) == sorted(i.decode() for i in kept)
+
+
+def test_collections_are_relaxed_while_any_run_drains_and_restored_by_the_last(
+    pipeline: Pipeline, stream_client: redis.Redis, settings: Settings
+) -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    push(stream_client, settings.redis.namespace, events(30))
+    transfer = replace_batch_size(pipeline, settings, 10, fail_point=lambda _: seen.append(gc.get_threshold()))
+    with _fewer_collections.active():  # another run, in another thread, still going when this one ends
+        assert transfer.run().inserted == 30
+        assert gc.get_threshold()[0] >= RELAXED_GC_THRESHOLD
+    assert seen and all(threshold[0] >= RELAXED_GC_THRESHOLD for threshold in seen)
+    assert gc.get_threshold() == before
+    assert transfer.run().read_entries == 0
+    assert gc.get_threshold() == before

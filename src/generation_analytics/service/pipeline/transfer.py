@@ -11,6 +11,7 @@ stream and a table, with the reason) and acknowledged, so they never block the e
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
@@ -18,9 +19,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import redis
@@ -94,9 +95,9 @@ class TransferReport:
         return self.inserted
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    """A stream entry as delivered to this consumer, and how often it has been delivered."""
+class _Delivery(NamedTuple):
+    """A stream entry as delivered to this consumer, and how often it has been delivered (a NamedTuple:
+    one is made per entry, at a third of a frozen dataclass's cost)."""
 
     entry_id: bytes
     fields: dict[bytes, bytes]
@@ -216,6 +217,41 @@ ON CONFLICT (stream_entry_id) DO NOTHING
 """
 
 
+# Decoding makes ~10 objects the cyclic GC tracks per entry (the reply's lists and dict, the row, the
+# delivery). At CPython's default, a collection every 700 of them, collections took ~30% of transfer's
+# Python time (bench.transfer_throughput: 13.7 -> 9.7 µs of Python per event, 50.9k -> 53.3k events/s).
+# While a run drains, collections wait for this many new objects instead; nothing here makes cycles.
+RELAXED_GC_THRESHOLD = 50_000
+
+
+class _RelaxedCollections:
+    """The GC's first threshold relaxed while any transfer run is active (in any thread); the last run to
+    finish restores what was there before."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._saved = gc.get_threshold()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self._lock:
+            if self._runs == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(max(RELAXED_GC_THRESHOLD, self._saved[0]), *self._saved[1:])
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0:
+                    gc.set_threshold(*self._saved)
+
+
+_fewer_collections = _RelaxedCollections()
+
+
 def _next_stream_id(entry_id: bytes | str) -> str:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     millis, _, seq = text.partition("-")
@@ -259,7 +295,7 @@ class Transfer:
         Stops early only when the time budget runs out (`remaining` then says what is left).
         Raises on Redis/Postgres errors; nothing unstored is ever acknowledged.
         """
-        with self._lock:
+        with self._lock, _fewer_collections.active():
             started = time.monotonic()
             deadline = started + (time_budget_s or self._settings.time_budget_s)
             report = TransferReport()
