@@ -86,12 +86,7 @@ class RedisLink:
             redis.exceptions.ResponseError: Redis answered with an error.
         """
         transport = self._transport if self._transport is not None else await self._connect()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((future, loop.time() + self._timeout_s))
-        transport.write(hiredis.pack_command(args))
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(self._timeout_s, self._check_deadlines)
+        (future,) = self._send(transport, hiredis.pack_command(args), 1)
         return await future
 
     async def execute_many(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -103,15 +98,8 @@ class RedisLink:
             redis.exceptions.ConnectionError: Redis cannot be reached (or stopped answering in time).
         """
         transport = self._transport if self._transport is not None else await self._connect()
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
-        deadline = loop.time() + self._timeout_s
-        for _ in commands:
-            futures.append(loop.create_future())
-            self._pending.append((futures[-1], deadline))
-        transport.write(b"".join(hiredis.pack_command(command) for command in commands))
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(self._timeout_s, self._check_deadlines)
+        data = b"".join(hiredis.pack_command(command) for command in commands)
+        futures = self._send(transport, data, len(commands))
         replies: list[Any] = []
         try:
             for future in futures:
@@ -125,6 +113,17 @@ class RedisLink:
                     future.exception()
             raise
         return replies
+
+    def _send(self, transport: Any, data: bytes, replies: int) -> list[asyncio.Future[Any]]:
+        """Write `data` (`replies` commands) and queue a future per reply, in order, under one deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(replies)]
+        self._pending.extend((future, deadline) for future in futures)
+        transport.write(data)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check_deadlines)
+        return futures
 
     def _check_deadlines(self) -> None:
         """Fail everything in flight when the oldest command is past its deadline; else look again then."""
