@@ -138,13 +138,20 @@ class RedisSettings:
     # 0: OK once the Redis master holds them; a master lost before replicating loses what it acknowledged.
     wait_replicas: int = 0
     wait_timeout_ms: int = 500
+    # The stream is split into this many shards (an event's shard follows its event_id); each has its own
+    # consumer group and dead letters, and on Redis Cluster its own hash slot (service/stream.py).
+    stream_shards: int = 1
+    # `url` names one node of a Redis Cluster: slots are discovered from it and followed on MOVED.
+    cluster: bool = False
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> RedisSettings:
         return cls(url=url, **kwargs)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        return f"RedisSettings(url={_hide_password(self.url)!r}, namespace={self.namespace!r})"
+        cluster = ", cluster=True" if self.cluster else ""
+        shards = f", stream_shards={self.stream_shards}" if self.stream_shards != 1 else ""
+        return f"RedisSettings(url={_hide_password(self.url)!r}, namespace={self.namespace!r}{cluster}{shards})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -359,6 +366,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "GA_REDIS_TIMEOUT_S": ("redis", "socket_timeout_s"),
     "GA_REDIS_WAIT_REPLICAS": ("redis", "wait_replicas"),
     "GA_REDIS_WAIT_TIMEOUT_MS": ("redis", "wait_timeout_ms"),
+    "GA_REDIS_STREAM_SHARDS": ("redis", "stream_shards"),
+    "GA_REDIS_CLUSTER": ("redis", "cluster"),
     "GA_LISTEN_ADDR": ("server", "listen_addr"),
     "GA_HTTP_ADDR": ("server", "http_addr"),
     "GA_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s"),
@@ -401,6 +410,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
 
 
 AUTH_MODES = ("auto", "on", "off")
+# Every status read and transfer run visits each shard: far more shards than Redis masters buys nothing.
+MAX_STREAM_SHARDS = 256
 
 
 class SettingsError(ValueError):
@@ -450,6 +461,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     redis_settings = result.redis
     if redis_settings.wait_replicas < 0:
         raise SettingsError(f"GA_REDIS_WAIT_REPLICAS={redis_settings.wait_replicas}: expected 0 or more")
+    if not 1 <= redis_settings.stream_shards <= MAX_STREAM_SHARDS:
+        raise SettingsError(f"GA_REDIS_STREAM_SHARDS={redis_settings.stream_shards}: expected 1 to {MAX_STREAM_SHARDS}")
+    if redis_settings.cluster and not redis_settings.url:
+        raise SettingsError(
+            "GA_REDIS_CLUSTER=true needs GA_REDIS_URL (a node of the cluster): the embedded Redis is one node"
+        )
+    if (redis_settings.cluster or redis_settings.stream_shards > 1) and set("{}") & set(redis_settings.namespace):
+        raise SettingsError(
+            f"GA_NAMESPACE={redis_settings.namespace!r}: braces would break the stream shards' hash tags"
+        )
     if (
         redis_settings.wait_replicas
         and not 1 <= redis_settings.wait_timeout_ms < redis_settings.socket_timeout_s * 1000

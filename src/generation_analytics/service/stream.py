@@ -10,16 +10,25 @@ a missing optional field stays NULL.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as REDIS_CLUSTER_SLOTS
+from redis.crc import key_slot
+from redis.retry import Retry as SyncRetry
 
 from generation_analytics.service.fingerprints import fingerprint
+from generation_analytics.service.settings import RedisSettings
 from generation_analytics.v1 import events_pb2
 from generation_analytics.vocabulary import EventType
 
@@ -30,25 +39,92 @@ TRANSFER_GROUP = "generation_analytics_transfer"
 
 
 @dataclass(frozen=True)
+class ShardKeys:
+    """Names of the Redis objects of one stream shard. On Redis Cluster both share one hash tag, so the
+    transaction that dead-letters entries and acknowledges them touches one slot."""
+
+    index: int
+    stream: str
+    dead_letter: str
+
+
+@dataclass(frozen=True)
 class StreamKeys:
-    """Names of the Redis objects one namespace uses."""
+    """Names of the Redis objects one namespace uses: its stream shards (`shard_count`, 1 by default).
+
+    One shard on a single Redis keeps the original names (`{ns}:generation_events:stream`), so data
+    recorded before shards existed is still drained. Otherwise each shard's keys carry a hash tag chosen
+    so that shard i falls in the i-th of `shard_count` equal slot ranges: spread over the masters of a
+    cluster whose slots are split evenly, as `redis-cli --cluster create` splits them.
+    """
 
     namespace: str
+    shard_count: int = 1
+    cluster: bool = False
+
+    @classmethod
+    def of(cls, settings: RedisSettings) -> StreamKeys:
+        return cls(settings.namespace, settings.stream_shards, settings.cluster)
+
+    @cached_property
+    def shards(self) -> tuple[ShardKeys, ...]:
+        base = f"{self.namespace}:generation_events"
+        if self.shard_count == 1 and not self.cluster:
+            return (ShardKeys(0, f"{base}:stream", f"{base}:dead"),)
+        tags = (_spread_tag(self.namespace, i, self.shard_count) for i in range(self.shard_count))
+        return tuple(ShardKeys(i, f"{base}:{{{tag}}}:stream", f"{base}:{{{tag}}}:dead") for i, tag in enumerate(tags))
+
+    def shard_for(self, event_id: str) -> ShardKeys:
+        """The shard an event goes to: a function of its event_id alone, so a retry lands where the first
+        attempt did, whichever server takes it."""
+        shards = self.shards
+        return shards[zlib.crc32(event_id.encode()) % len(shards)] if len(shards) > 1 else shards[0]
+
+    @property
+    def registry(self) -> str:
+        """A set of every shard stream transfer has served in this namespace, whatever the shard count was
+        then: entries left in shards of an earlier count are still drained (`retired`)."""
+        return f"{self.namespace}:generation_events:shards"
+
+    def retired(self, registered: Iterable[bytes | str]) -> list[ShardKeys]:
+        """Shards not in today's layout that may still hold entries: the registered ones and the unsharded
+        stream (which predates the registry). Their index is -1."""
+        current = {shard.stream for shard in self.shards}
+        streams = [StreamKeys(self.namespace).stream, *(_text(key) for key in registered)]
+        return [
+            ShardKeys(-1, stream, stream.removesuffix(":stream") + ":dead")
+            for stream in sorted(set(streams) - current)
+            if stream.endswith(":stream")
+        ]
 
     @property
     def stream(self) -> str:
-        """Events accepted by capture and not yet acknowledged by transfer."""
-        return f"{self.namespace}:generation_events:stream"
+        """The first shard's stream (the only one unless `shard_count` > 1)."""
+        return self.shards[0].stream
 
     @property
     def dead_letter(self) -> str:
-        """Entries transfer could not store, with the reason (also copied to a Postgres table)."""
-        return f"{self.namespace}:generation_events:dead"
+        """The first shard's dead letters: entries transfer could not store, with the reason (also copied
+        to a Postgres table)."""
+        return self.shards[0].dead_letter
 
     @property
     def pattern(self) -> str:
         """Matches every key of the namespace (used by tests to clean up)."""
         return f"{self.namespace}:*"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _spread_tag(namespace: str, index: int, count: int) -> str:
+    """The first hash tag `{namespace}/{index}/{k}` whose slot lies in the index-th of `count` equal ranges."""
+    for k in itertools.count():
+        tag = f"{namespace}/{index}/{k}"
+        if key_slot(tag.encode()) * count // REDIS_CLUSTER_SLOTS == index:
+            return tag
+    raise AssertionError("unreachable")
 
 
 # Appends ARGV[2..] as entries {e: ARGV[i]} to the stream KEYS[1], all or none, unless the stream
@@ -70,14 +146,32 @@ APPEND_EVENTS_SHA = hashlib.sha1(APPEND_EVENTS_LUA.encode()).hexdigest()
 assert EVENT_FIELD == b"e", "APPEND_EVENTS_LUA writes the field name literally"
 
 
-def connect_redis(url: str, *, timeout_s: float) -> aioredis.Redis:
+# A client of one Redis or of a Redis Cluster (redis-py's cluster clients route each key to its slot's
+# master and follow MOVED themselves).
+AsyncRedis = aioredis.Redis | aioredis.RedisCluster
+SyncRedis = redis.Redis | redis.RedisCluster
+
+
+def connect_redis(url: str, *, timeout_s: float, cluster: bool = False) -> AsyncRedis:
     """An asyncio Redis client that fails within `timeout_s` instead of retrying or hanging."""
+    if cluster:
+        return aioredis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+    )
+
+
+def connect_redis_sync(url: str, *, timeout_s: float, connect_timeout_s: float, cluster: bool = False) -> SyncRedis:
+    """A blocking Redis client for the pipeline's threads; on a cluster it retries a command a few times
+    while a failover settles (the pipeline can wait), elsewhere it fails at once and the job runs again."""
+    if cluster:
+        return redis.RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s)
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s, retry=SyncRetry(NoBackoff(), 0)
     )
 
 

@@ -6,6 +6,7 @@ recording keeps working while Postgres is slow or down; transfer catches up late
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import redis.exceptions
 
 from generation_analytics.service.errors import InvalidArgument, ResourceExhausted, Unavailable
+from generation_analytics.service.ingest.cluster_link import ClusterLink
 from generation_analytics.service.ingest.redis_link import RedisLink
 from generation_analytics.service.ingest.validation import check_new_event
 from generation_analytics.service.settings import LimitSettings, RedisSettings, RetentionSettings
@@ -36,15 +38,20 @@ class BatchResult:
 
 
 class EventCapture:
-    """Validates events and appends them to `{ns}:generation_events:stream`."""
+    """Validates events and appends each to the stream shard its event_id picks (`StreamKeys.shard_for`)."""
 
     def __init__(
         self, *, redis: RedisSettings, keys: StreamKeys, limits: LimitSettings, retention: RetentionSettings
     ) -> None:
-        self._link = RedisLink(redis.url, timeout_s=redis.socket_timeout_s)
+        link_type = ClusterLink if redis.cluster else RedisLink
+        self._link: RedisLink | ClusterLink = link_type(redis.url, timeout_s=redis.socket_timeout_s)
         self._wait = ("WAIT", redis.wait_replicas, redis.wait_timeout_ms) if redis.wait_replicas else None
         self._keys = keys
+        self._sharded = len(keys.shards) > 1
+        self._unregistered = {shard.stream for shard in keys.shards}  # see _register
         self._limits = limits
+        # The backlog cap holds for the whole stream: each shard refuses past its share of it.
+        self._shard_backlog = -(-limits.max_stream_backlog // len(keys.shards))
         self._retention_s = retention.days * 86_400  # older timestamps are refused: nothing would keep them
 
     async def record(self, event: events_pb2.GenerationEvent) -> str:
@@ -59,7 +66,7 @@ class EventCapture:
         problem = check_new_event(event, self._limits, now_s=now, oldest_s=now - self._retention_s)
         if problem:
             raise InvalidArgument(f"event.{problem[0]}", problem[1])
-        await self._append_payloads([event.SerializeToString()])
+        await self._append_payloads(self._keys.shard_for(event.event_id).stream, [event.SerializeToString()])
         return event.event_id
 
     async def record_many(self, events: Sequence[events_pb2.GenerationEvent]) -> BatchResult:
@@ -69,28 +76,45 @@ class EventCapture:
         now = time.time()
         oldest = now - self._retention_s
         result = BatchResult(event_ids=[""] * len(events))
-        payloads: list[bytes] = []
+        payloads: dict[str, list[bytes]] = {}
+        shard_for, first_stream = self._keys.shard_for, self._keys.stream
         for index, event in enumerate(events):
             problem = check_new_event(event, self._limits, now_s=now, oldest_s=oldest)
             if problem:
                 result.rejections.append((index, problem[0], problem[1]))
                 continue
             result.event_ids[index] = event.event_id
-            payloads.append(event.SerializeToString())
-        if payloads:
-            await self._append_payloads(payloads)
+            stream = shard_for(event.event_id).stream if self._sharded else first_stream
+            payloads.setdefault(stream, []).append(event.SerializeToString())
+        if len(payloads) == 1:
+            await self._append_payloads(*next(iter(payloads.items())))
+        elif payloads:
+            await self._append_to_shards(payloads)
         return result
 
-    async def _append_payloads(self, payloads: list[bytes]) -> None:
-        command = ("EVALSHA", APPEND_EVENTS_SHA, 1, self._keys.stream, self._limits.max_stream_backlog, *payloads)
+    async def _append_to_shards(self, payloads: dict[str, list[bytes]]) -> None:
+        """Append each shard's part of a batch, all at once. Each part is atomic, the batch is not: if one
+        part fails the call fails, and its retry stores the parts that did get in once (by event_id)."""
+        outcomes = await asyncio.gather(
+            *(self._append_payloads(stream, part) for stream, part in payloads.items()), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _append_payloads(self, stream: str, payloads: list[bytes]) -> None:
+        command = ("EVALSHA", APPEND_EVENTS_SHA, 1, stream, self._shard_backlog, *payloads)
         try:
             try:
-                await self._append(command)
+                await self._append(stream, command)
             except redis.exceptions.ResponseError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                await self._link.execute("SCRIPT", "LOAD", APPEND_EVENTS_LUA)  # first use, or Redis restarted
-                await self._append(command)
+                # First use, or that Redis restarted (or, on a cluster, a master not used before).
+                await self._link.execute_for(stream, "SCRIPT", "LOAD", APPEND_EVENTS_LUA)
+                await self._append(stream, command)
+            if stream in self._unregistered:
+                await self._register(stream)
         except redis.exceptions.ResponseError as exc:
             if "BACKLOG" in str(exc) or "OOM" in str(exc):
                 log.warning("the event stream refuses new events: %s", exc)
@@ -100,7 +124,18 @@ class EventCapture:
             log.warning("redis unavailable while recording %d events: %s", len(payloads), exc)
             raise Unavailable("the event stream is unavailable; retry later") from exc
 
-    async def _append(self, command: tuple[object, ...]) -> None:
+    async def _register(self, stream: str) -> None:
+        """Add a shard this process has written to the namespace's registry, once per process: if the shard
+        count changes before a transfer of this count has run, transfer still finds the shard (stream.py)."""
+        registry = self._keys.registry
+        try:
+            await self._link.execute_for(registry, "SADD", registry, stream)
+        except redis.exceptions.RedisError as exc:  # the events are in; try again with the next ones
+            log.warning("could not register stream shard %s yet: %s", stream, exc)
+            return
+        self._unregistered.discard(stream)
+
+    async def _append(self, stream: str, command: tuple[object, ...]) -> None:
         """Run the append; with `wait_replicas`, WAIT for the replicas in the same write.
 
         Raises:
@@ -109,9 +144,9 @@ class EventCapture:
                 master and will be stored; the caller's retry is deduplicated by event_id).
         """
         if self._wait is None:
-            await self._link.execute(*command)
+            await self._link.execute_for(stream, *command)
             return
-        appended, replicas = await self._link.execute_many(command, self._wait)
+        appended, replicas = await self._link.execute_many_for(stream, command, self._wait)
         if isinstance(appended, Exception):
             raise appended
         if isinstance(replicas, Exception) or replicas < self._wait[1]:
