@@ -39,6 +39,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.stream_backlog = Gauge("ga_stream_backlog", "Events accepted but not yet in Postgres", registry=r)
+        self.shard_backlog = Gauge(
+            "ga_stream_shard_backlog", "Events not yet in Postgres, per stream shard", ["shard"], registry=r
+        )
         self.stream_length = Gauge("ga_stream_length", "Entries in the Redis stream", registry=r)
         self.transfer_lag = Gauge(
             "ga_transfer_lag_seconds", "Age of the oldest event not yet in Postgres (0 when none)", registry=r
@@ -79,6 +82,8 @@ class ServiceMetrics:
                 gauge.set(math.nan)
         else:
             self.stream_backlog.set(stream.backlog)
+            for shard in stream.shards:
+                self.shard_backlog.labels(str(shard.index)).set(shard.backlog)
             self.stream_length.set(stream.length)
             self.dead_letters.set(stream.dead_letters)
             oldest = stream.oldest_untransferred_at

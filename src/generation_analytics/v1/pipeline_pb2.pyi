@@ -160,6 +160,7 @@ class GetPipelineStatusResponse(_message.Message):
     DIRTY_HOURS_FIELD_NUMBER: _builtins.int
     FAILING_HOURS_FIELD_NUMBER: _builtins.int
     FAILING_HOURS_COUNT_FIELD_NUMBER: _builtins.int
+    STREAM_SHARDS_FIELD_NUMBER: _builtins.int
     stream_length: _builtins.int
     """Entries in the Redis stream (acknowledged entries are trimmed)."""
     pending_entries: _builtins.int
@@ -192,6 +193,12 @@ class GetPipelineStatusResponse(_message.Message):
     def failing_hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailingHour]:
         """Hours whose aggregation fails, oldest first (at most 20; failing_hours_count has them all)."""
 
+    @_builtins.property
+    def stream_shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamShard]:
+        """Each shard of the stream (GA_REDIS_STREAM_SHARDS; one entry when the stream is not sharded). The
+        stream_* / *_entries / dead_letter_count fields above are their totals.
+        """
+
     def __init__(
         self,
         *,
@@ -212,14 +219,55 @@ class GetPipelineStatusResponse(_message.Message):
         dirty_hours: _builtins.int = ...,
         failing_hours: _abc.Iterable[Global___FailingHour] | None = ...,
         failing_hours_count: _builtins.int = ...,
+        stream_shards: _abc.Iterable[Global___StreamShard] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_aggregation", b"last_aggregation", "last_transfer", b"last_transfer", "latest_event_at", b"latest_event_at", "latest_hourly_metric_at", b"latest_hourly_metric_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_count", b"dead_letter_count", "dirty_hours", b"dirty_hours", "failing_hours", b"failing_hours", "failing_hours_count", b"failing_hours_count", "hours_with_data", b"hours_with_data", "last_aggregation", b"last_aggregation", "last_transfer", b"last_transfer", "latest_event_at", b"latest_event_at", "latest_hourly_metric_at", b"latest_hourly_metric_at", "oldest_untransferred_age_s", b"oldest_untransferred_age_s", "pending_entries", b"pending_entries", "seconds_since_latest_event", b"seconds_since_latest_event", "seconds_since_latest_hourly_metric", b"seconds_since_latest_hourly_metric", "stream_length", b"stream_length", "total_events", b"total_events", "total_hours", b"total_hours", "undelivered_entries", b"undelivered_entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_count", b"dead_letter_count", "dirty_hours", b"dirty_hours", "failing_hours", b"failing_hours", "failing_hours_count", b"failing_hours_count", "hours_with_data", b"hours_with_data", "last_aggregation", b"last_aggregation", "last_transfer", b"last_transfer", "latest_event_at", b"latest_event_at", "latest_hourly_metric_at", b"latest_hourly_metric_at", "oldest_untransferred_age_s", b"oldest_untransferred_age_s", "pending_entries", b"pending_entries", "seconds_since_latest_event", b"seconds_since_latest_event", "seconds_since_latest_hourly_metric", b"seconds_since_latest_hourly_metric", "stream_length", b"stream_length", "stream_shards", b"stream_shards", "total_events", b"total_events", "total_hours", b"total_hours", "undelivered_entries", b"undelivered_entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPipelineStatusResponse: _TypeAlias = GetPipelineStatusResponse  # noqa: Y015
+
+@_typing.final
+class StreamShard(_message.Message):
+    """One shard of the Redis stream: its own consumer group and dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    PENDING_ENTRIES_FIELD_NUMBER: _builtins.int
+    UNDELIVERED_ENTRIES_FIELD_NUMBER: _builtins.int
+    OLDEST_UNTRANSFERRED_AGE_S_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_COUNT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    key: _builtins.str
+    """The shard's stream key (its hash tag places it on a Redis Cluster master)."""
+    length: _builtins.int
+    pending_entries: _builtins.int
+    undelivered_entries: _builtins.int
+    oldest_untransferred_age_s: _builtins.float
+    dead_letter_count: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        key: _builtins.str = ...,
+        length: _builtins.int = ...,
+        pending_entries: _builtins.int = ...,
+        undelivered_entries: _builtins.int = ...,
+        oldest_untransferred_age_s: _builtins.float = ...,
+        dead_letter_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_count", b"dead_letter_count", "index", b"index", "key", b"key", "length", b"length", "oldest_untransferred_age_s", b"oldest_untransferred_age_s", "pending_entries", b"pending_entries", "undelivered_entries", b"undelivered_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamShard: _TypeAlias = StreamShard  # noqa: Y015
 
 @_typing.final
 class RunTransferRequest(_message.Message):

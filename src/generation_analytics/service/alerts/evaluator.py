@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import redis.asyncio as aioredis
 from psycopg.rows import dict_row
 
 from generation_analytics.service.alerts.measure import Measurement, measure
@@ -26,7 +25,7 @@ from generation_analytics.service.alerts.states import Outcome, Step, step
 from generation_analytics.service.alerts.webhooks import Notice, enqueue
 from generation_analytics.service.errors import incident
 from generation_analytics.service.settings import AlertSettings, PostgresSettings, RedisSettings
-from generation_analytics.service.stream import StreamKeys
+from generation_analytics.service.stream import AsyncRedis, StreamKeys, connect_redis
 from generation_analytics.vocabulary import AlertState
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class Verdict:
 
 
 async def judge(
-    conn: psycopg.AsyncConnection[Any], redis_client: aioredis.Redis, keys: StreamKeys, spec: RuleSpec, now: datetime
+    conn: psycopg.AsyncConnection[Any], redis_client: AsyncRedis, keys: StreamKeys, spec: RuleSpec, now: datetime
 ) -> Verdict:
     """Measure `spec` at `now` and compare: breaching or not, NO_DATA below min_samples, ERROR on failure."""
     try:
@@ -140,7 +139,7 @@ class AlertEvaluator:
     ) -> None:
         self._postgres = postgres
         self._redis = redis_settings
-        self._keys = StreamKeys(redis_settings.namespace)
+        self._keys = StreamKeys.of(redis_settings)
         self.settings = settings
         self._clock = clock
 
@@ -152,10 +151,9 @@ class AlertEvaluator:
         now = now or self._clock()
         tick = tick_start(now, self.settings.interval_s)
         report = EvaluationReport()
-        redis_client = aioredis.Redis.from_url(
-            self._redis.url, socket_timeout=self._redis.socket_timeout_s,
-            socket_connect_timeout=self._redis.socket_timeout_s,
-        )  # fmt: skip
+        redis_client = connect_redis(
+            self._redis.url, timeout_s=self._redis.socket_timeout_s, cluster=self._redis.cluster
+        )
         try:
             async with await psycopg.AsyncConnection.connect(
                 self._postgres.dsn, connect_timeout=int(self._postgres.connect_timeout_s),
@@ -170,7 +168,7 @@ class AlertEvaluator:
     async def _evaluate_one(
         self,
         conn: psycopg.AsyncConnection[Any],
-        redis_client: aioredis.Redis,
+        redis_client: AsyncRedis,
         now: datetime,
         tick: datetime,
         report: EvaluationReport,

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
@@ -24,7 +23,7 @@ from generation_analytics.service.queries.overview import hourly_rows
 from generation_analytics.service.queries.status import stream_status
 from generation_analytics.service.queries.totals import Totals, add_row
 from generation_analytics.service.queries.window import Window, daily_split, rate
-from generation_analytics.service.stream import StreamKeys
+from generation_analytics.service.stream import AsyncRedis, StreamKeys
 from generation_analytics.vocabulary import AlertMetric, AlertScope
 
 # Metrics read from the stream as it is now: no window, one sample.
@@ -108,7 +107,7 @@ def figure(metric: AlertMetric, totals: Totals) -> tuple[float | None, int]:
 
 async def measure(
     conn: AsyncConnection[Any],
-    redis_client: aioredis.Redis,
+    redis_client: AsyncRedis,
     keys: StreamKeys,
     *,
     metric: AlertMetric,

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.alerts import history, rules
@@ -18,7 +17,7 @@ from generation_analytics.service.api.convert import to_message
 from generation_analytics.service.api.rpc import Context, grpc_errors
 from generation_analytics.service.errors import InvalidArgument
 from generation_analytics.service.metrics import ServiceMetrics
-from generation_analytics.service.stream import StreamKeys
+from generation_analytics.service.stream import AsyncRedis, StreamKeys
 from generation_analytics.v1 import alerts_pb2, alerts_pb2_grpc
 from generation_analytics.vocabulary import (
     AlertMetric,
@@ -92,7 +91,7 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
         self,
         *,
         pool: AsyncConnectionPool,
-        redis_client: aioredis.Redis,
+        redis_client: AsyncRedis,
         keys: StreamKeys,
         metrics: ServiceMetrics | None = None,
     ) -> None:

@@ -214,4 +214,16 @@ def pipeline_status_message(status: PipelineStatus) -> pipeline_pb2.GetPipelineS
             for f in status.failing_hours
         ],
         failing_hours_count=status.failing_hours_count,
+        stream_shards=[
+            pipeline_pb2.StreamShard(
+                index=shard.index,
+                key=shard.key,
+                length=shard.length,
+                pending_entries=shard.pending,
+                undelivered_entries=shard.undelivered,
+                oldest_untransferred_age_s=age(shard.oldest_untransferred_at),
+                dead_letter_count=shard.dead_letters,
+            )
+            for shard in status.stream.shards
+        ],
     )

@@ -26,11 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.api.runtime import Runtime
+from generation_analytics.service.stream import AsyncRedis
 from generation_analytics.v1 import alerts_pb2, analytics_pb2, events_pb2, pipeline_pb2
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ async def _attempts(attempt: Callable[[float], Awaitable[object]], timeout_s: fl
     return reason
 
 
-async def redis_error(client: aioredis.Redis, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+async def redis_error(client: AsyncRedis, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
     """None if Redis answers PING within `timeout_s`, else the reason."""
     return await _attempts(lambda _left: client.ping(), timeout_s)
 

@@ -20,7 +20,6 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 import psycopg
 import psycopg_pool
-import redis.asyncio as aioredis
 import redis.exceptions
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -43,7 +42,7 @@ from generation_analytics.service.metrics import ServiceMetrics
 from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.queries.service import AnalyticsQueries
 from generation_analytics.service.queries.status import pipeline_status
-from generation_analytics.service.stream import StreamKeys
+from generation_analytics.service.stream import AsyncRedis, StreamKeys
 from generation_analytics.v1 import (
     analytics_pb2,
     events_pb2,
@@ -273,7 +272,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self,
         pipeline: Pipeline,
         *,
-        redis_client: aioredis.Redis,
+        redis_client: AsyncRedis,
         pool: AsyncConnectionPool,
         keys: StreamKeys,
         metrics: ServiceMetrics | None = None,

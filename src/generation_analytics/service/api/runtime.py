@@ -7,7 +7,6 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from generation_analytics.service.api.auth import KeyCache, auth_enabled
@@ -19,7 +18,7 @@ from generation_analytics.service.pipeline.worker import Pipeline
 from generation_analytics.service.queries.service import AnalyticsQueries
 from generation_analytics.service.replica import ReadPools
 from generation_analytics.service.settings import Settings
-from generation_analytics.service.stream import StreamKeys, connect_redis
+from generation_analytics.service.stream import AsyncRedis, StreamKeys, connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ class Runtime:
 
     settings: Settings
     keys: StreamKeys
-    redis: aioredis.Redis
+    redis: AsyncRedis
     capture: EventCapture
     pool: AsyncConnectionPool
     pipeline: Pipeline
@@ -52,8 +51,10 @@ class Runtime:
             applied = migrate(settings.postgres.dsn)
             if applied:
                 log.info("applied migrations %s", applied)
-        keys = StreamKeys(settings.redis.namespace)
-        redis_client = connect_redis(settings.redis.url, timeout_s=settings.redis.socket_timeout_s)
+        keys = StreamKeys.of(settings.redis)
+        redis_client = connect_redis(
+            settings.redis.url, timeout_s=settings.redis.socket_timeout_s, cluster=settings.redis.cluster
+        )
         capture = EventCapture(redis=settings.redis, keys=keys, limits=settings.limits, retention=settings.retention)
         pool = await async_pool(settings.postgres, name="queries")
         replica = settings.postgres.read_dsn

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,7 +39,9 @@ from generation_analytics.service.stream import (
     ROW_COLUMNS,
     TRANSFER_GROUP,
     Row,
+    ShardKeys,
     StreamKeys,
+    SyncRedis,
     event_to_row,
     group_backlog,
     transfer_group,
@@ -269,7 +272,7 @@ class Transfer:
     def __init__(
         self,
         *,
-        redis_client: redis.Redis,
+        redis_client: SyncRedis,
         pool: ConnectionPool,
         keys: StreamKeys,
         settings: TransferSettings,
@@ -284,6 +287,8 @@ class Transfer:
         self._fail_point = fail_point or (lambda _: None)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._first_shard = zlib.crc32(self.consumer.encode()) % len(keys.shards)
+        self._runs = 0
 
     def stop(self) -> None:
         """Make a run in progress return after its current batch (for a prompt shutdown)."""
@@ -300,10 +305,15 @@ class Transfer:
             deadline = started + (time_budget_s or self._settings.time_budget_s)
             report = TransferReport()
             self.ensure_group()
-            self._reclaim(report, deadline)
-            self._drain_history(report, deadline)
-            self._drain_new(report, deadline)
-            self._trim()
+            retired = self._retired_shards()
+            self._create_groups(retired)
+            for shard in [*self._visiting_order(), *retired]:
+                if time.monotonic() >= deadline or self._stopping.is_set():
+                    break
+                self._reclaim(shard, report, deadline)
+                self._drain_history(shard, report, deadline)
+                self._drain_new(shard, report, deadline)
+                self._trim(shard)
             report.remaining = self.backlog()
             report.duration_s = time.monotonic() - started
             if report.read_entries:
@@ -322,46 +332,67 @@ class Transfer:
             log.warning("cannot create the consumer group yet: %s", exc)
 
     def ensure_group(self) -> None:
-        try:
-            self._redis.xgroup_create(self._keys.stream, TRANSFER_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create each shard's consumer group (and stream) unless it exists, and register the shards (so
+        that a later shard count still drains what they hold)."""
+        self._create_groups(self._keys.shards)
+        self._redis.sadd(self._keys.registry, *(shard.stream for shard in self._keys.shards))
 
-    def _reclaim(self, report: TransferReport, deadline: float) -> None:
+    def _create_groups(self, shards: Sequence[ShardKeys]) -> None:
+        for shard in shards:
+            try:
+                self._redis.xgroup_create(shard.stream, TRANSFER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _retired_shards(self) -> list[ShardKeys]:
+        """Shards of an earlier shard count that still exist: visited after today's, until empty."""
+        registered: Any = self._redis.smembers(self._keys.registry)
+        return [shard for shard in self._keys.retired(registered) if self._redis.exists(shard.stream)]
+
+    def _visiting_order(self) -> list[ShardKeys]:
+        """Every shard, starting at one that moves on each run and differs between consumers: workers
+        sharing the shards start apart, and a run cut short by its time budget does not always leave
+        the same shards for later (entries of a stopped worker are reclaimed by whoever visits next)."""
+        shards = self._keys.shards
+        start = (self._first_shard + self._runs) % len(shards)
+        self._runs += 1
+        return [*shards[start:], *shards[:start]]
+
+    def _reclaim(self, shard: ShardKeys, report: TransferReport, deadline: float) -> None:
         """Take over entries other consumers left unacknowledged for longer than `reclaim_idle_ms`."""
         start: bytes | str = "0-0"
         while time.monotonic() < deadline and not self._stopping.is_set():
             reply: Any = self._redis.xautoclaim(
-                self._keys.stream, TRANSFER_GROUP, self.consumer, self._settings.reclaim_idle_ms,
+                shard.stream, TRANSFER_GROUP, self.consumer, self._settings.reclaim_idle_ms,
                 start_id=start, count=self._settings.batch_size,
             )  # fmt: skip
             start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
             if entries:
                 report.reclaimed += len(entries)
                 log.warning("transfer: reclaimed %d entries left pending by stopped consumers", len(entries))
-                self._finish(self._decode(entries, self._delivery_counts(entries)), report)
+                self._finish(shard, self._decode(entries, self._delivery_counts(shard, entries)), report)
             if start in (b"0-0", "0-0"):
                 return
 
-    def _drain_history(self, report: TransferReport, deadline: float) -> None:
+    def _drain_history(self, shard: ShardKeys, report: TransferReport, deadline: float) -> None:
         """Re-read and store the entries delivered to this consumer but never acknowledged (an earlier
         run failed part-way), batch by batch, until none is left (or the deadline passes)."""
         next_id = "0"
         while time.monotonic() < deadline and not self._stopping.is_set():
-            entries = self._read(next_id)
+            entries = self._read(shard, next_id)
             if not entries:
                 return
-            self._finish(self._decode(entries, self._delivery_counts(entries)), report)
+            self._finish(shard, self._decode(entries, self._delivery_counts(shard, entries)), report)
             next_id = entries[-1][0].decode()  # XREADGROUP returns history strictly after this id
 
-    def _read(self, from_id: str) -> list[Entry]:
+    def _read(self, shard: ShardKeys, from_id: str) -> list[Entry]:
         reply: Any = self._redis.xreadgroup(
-            TRANSFER_GROUP, self.consumer, {self._keys.stream: from_id}, count=self._settings.batch_size
+            TRANSFER_GROUP, self.consumer, {shard.stream: from_id}, count=self._settings.batch_size
         )
         return [e for e in (reply[0][1] if reply else []) if e[1]]
 
-    def _drain_new(self, report: TransferReport, deadline: float) -> None:
+    def _drain_new(self, shard: ShardKeys, report: TransferReport, deadline: float) -> None:
         """Read and store entries never delivered to anyone until none is left (or the deadline passes)."""
         # Decoding is CPU in Python; storing is mostly waiting on Postgres (GIL released). A reader
         # thread decodes ahead while `transfer_store_workers` threads store batches on connections of
@@ -385,7 +416,7 @@ class Transfer:
         def reader() -> None:
             try:
                 while time.monotonic() < deadline and not self._stopping.is_set() and not stop.is_set():
-                    entries = self._read(">")
+                    entries = self._read(shard, ">")
                     if not entries or not put(self._decode(entries, {})):
                         break
             except BaseException as exc:  # re-raised by the calling thread
@@ -404,7 +435,7 @@ class Transfer:
                         continue
                     if item is None:
                         return
-                    self._finish(item, report, report_lock)
+                    self._finish(shard, item, report, report_lock)
             except BaseException as exc:  # re-raised by the calling thread
                 errors.append(exc)
                 stop.set()
@@ -418,7 +449,7 @@ class Transfer:
         if errors:
             raise errors[0]
 
-    def _delivery_counts(self, entries: Sequence[Entry]) -> dict[bytes, int]:
+    def _delivery_counts(self, shard: ShardKeys, entries: Sequence[Entry]) -> dict[bytes, int]:
         """How often each entry has been delivered (this delivery included), for every one of them.
 
         One XPENDING over the batch's id range, restricted to this consumer, usually answers for the
@@ -429,7 +460,7 @@ class Transfer:
         round trip, so no entry escapes the `max_deliveries` cap by defaulting to one delivery.
         """
         pending: Any = self._redis.xpending_range(
-            self._keys.stream, TRANSFER_GROUP, min=entries[0][0], max=entries[-1][0],
+            shard.stream, TRANSFER_GROUP, min=entries[0][0], max=entries[-1][0],
             count=len(entries), consumername=self.consumer,
         )  # fmt: skip
         wanted = {entry_id for entry_id, _ in entries}
@@ -439,7 +470,7 @@ class Transfer:
             pipe = self._redis.pipeline(transaction=False)
             for entry_id in missing:
                 # Not restricted to this consumer: the entry's count is what matters, whoever holds it.
-                pipe.xpending_range(self._keys.stream, TRANSFER_GROUP, min=entry_id, max=entry_id, count=1)
+                pipe.xpending_range(shard.stream, TRANSFER_GROUP, min=entry_id, max=entry_id, count=1)
             replies: list[Any] = pipe.execute()
             for entry_id, reply in zip(missing, replies, strict=True):
                 if reply:
@@ -460,12 +491,14 @@ class Transfer:
                 batch.dead.append(_Dead(delivery, str(exc)))
         return batch
 
-    def _finish(self, batch: _Batch, report: TransferReport, report_lock: threading.Lock | None = None) -> None:
+    def _finish(
+        self, shard: ShardKeys, batch: _Batch, report: TransferReport, report_lock: threading.Lock | None = None
+    ) -> None:
         """Store a decoded batch, then acknowledge it (never the other way round)."""
         decoded_dead = len(batch.dead)
         inserted = self._store(batch.rows, batch.row_deliveries, batch.dead)
         self._fail_point("after_commit")
-        self._acknowledge([e[0] for e in batch.entries], batch.dead)
+        self._acknowledge(shard, [e[0] for e in batch.entries], batch.dead)
         self._fail_point("after_ack")
         with report_lock or contextlib.nullcontext():
             self._count(batch, report, inserted, decoded_dead)
@@ -526,8 +559,9 @@ class Transfer:
             counts = cur.fetchone()
             return int(counts[0]) if counts else 0
 
-    def _acknowledge(self, entry_ids: list[bytes], dead: list[_Dead]) -> None:
-        """Copy dead letters to the dead-letter stream and acknowledge the batch, atomically."""
+    def _acknowledge(self, shard: ShardKeys, entry_ids: list[bytes], dead: list[_Dead]) -> None:
+        """Copy dead letters to the shard's dead-letter stream and acknowledge the batch, atomically (one
+        slot: the shard's keys share a hash tag)."""
         pipe = self._redis.pipeline(transaction=True)
         for d in dead:
             fields: dict[bytes | str, bytes | str | int] = {
@@ -535,40 +569,44 @@ class Transfer:
             }  # fmt: skip
             if EVENT_FIELD in d.delivery.fields:
                 fields["payload"] = d.delivery.fields[EVENT_FIELD]
-            pipe.xadd(self._keys.dead_letter, fields)  # type: ignore[arg-type]
-        pipe.xack(self._keys.stream, TRANSFER_GROUP, *entry_ids)
+            pipe.xadd(shard.dead_letter, fields)  # type: ignore[arg-type]
+        pipe.xack(shard.stream, TRANSFER_GROUP, *entry_ids)
         pipe.execute()
 
-    def _trim(self) -> None:
+    def _trim(self, shard: ShardKeys) -> None:
         """Remove acknowledged entries: everything before the oldest pending or undelivered entry."""
-        group = self._group_info()
+        group = self._group_info(shard)
         if group is None:
             return
-        summary: Any = self._redis.xpending(self._keys.stream, TRANSFER_GROUP)
+        summary: Any = self._redis.xpending(shard.stream, TRANSFER_GROUP)
         if summary["pending"]:
             trim_to: bytes | str = summary["min"]
         else:
             trim_to = _next_stream_id(group["last-delivered-id"])
-        self._redis.xtrim(self._keys.stream, minid=trim_to, approximate=False)
-        self._forget_idle_consumers()
+        self._redis.xtrim(shard.stream, minid=trim_to, approximate=False)
+        self._forget_idle_consumers(shard)
 
-    def _group_info(self) -> dict[str, Any] | None:
-        return transfer_group(self._redis.xinfo_groups(self._keys.stream))
+    def _group_info(self, shard: ShardKeys) -> dict[str, Any] | None:
+        return transfer_group(self._redis.xinfo_groups(shard.stream))
 
-    def _forget_idle_consumers(self) -> None:
+    def _forget_idle_consumers(self, shard: ShardKeys) -> None:
         """Drop consumers of stopped processes once they hold nothing (keeps XINFO readable)."""
-        consumers: Any = self._redis.xinfo_consumers(self._keys.stream, TRANSFER_GROUP)
+        consumers: Any = self._redis.xinfo_consumers(shard.stream, TRANSFER_GROUP)
         for consumer in consumers:
             name = consumer["name"]
             name = name.decode() if isinstance(name, bytes) else name
             if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > 3_600_000:
-                self._redis.xgroup_delconsumer(self._keys.stream, TRANSFER_GROUP, name)
+                self._redis.xgroup_delconsumer(shard.stream, TRANSFER_GROUP, name)
 
     def backlog(self) -> int:
-        """Entries not yet stored: pending plus undelivered (XLEN where Redis < 7 cannot tell lag)."""
+        """Entries not yet stored, over every shard: pending plus undelivered (XLEN where Redis < 7
+        cannot tell lag)."""
+        return sum(self._shard_backlog(shard) for shard in [*self._keys.shards, *self._retired_shards()])
+
+    def _shard_backlog(self, shard: ShardKeys) -> int:
         try:
-            group = self._group_info()
+            group = self._group_info(shard)
         except redis.ResponseError:
             return 0
         backlog = group_backlog(group)
-        return int(self._redis.xlen(self._keys.stream)) if backlog is None else backlog
+        return int(self._redis.xlen(shard.stream)) if backlog is None else backlog

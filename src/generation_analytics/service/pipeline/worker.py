@@ -10,10 +10,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from generation_analytics.service.alerts.evaluator import AlertEvaluator
 from generation_analytics.service.alerts.webhooks import WebhookSender
 from generation_analytics.service.db import sync_pool
@@ -32,7 +28,7 @@ from generation_analytics.service.settings import (
     Settings,
     TransferSettings,
 )
-from generation_analytics.service.stream import StreamKeys
+from generation_analytics.service.stream import StreamKeys, connect_redis_sync
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +53,15 @@ class Pipeline:
         observe: JobObserver | None = None,
     ) -> None:
         self.retention = retention
-        self.redis = redis.Redis.from_url(
+        self.redis = connect_redis_sync(
             redis_settings.url,
-            socket_timeout=PIPELINE_REDIS_TIMEOUT_S,
-            socket_connect_timeout=redis_settings.socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            timeout_s=PIPELINE_REDIS_TIMEOUT_S,
+            connect_timeout_s=redis_settings.socket_timeout_s,
+            cluster=redis_settings.cluster,
         )
         # Transfer storers, aggregation parts (aggregate.PARTS) plus its bookkeeping, retention, run records.
         self.pool = sync_pool(postgres, name="pipeline", max_size=transfer.store_workers + len(PARTS) + 3)
-        keys = StreamKeys(redis_settings.namespace)
+        keys = StreamKeys.of(redis_settings)
         self.transfer = Transfer(
             redis_client=self.redis, pool=self.pool, keys=keys, settings=transfer, fail_point=fail_point
         )

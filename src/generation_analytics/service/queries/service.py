@@ -13,7 +13,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
@@ -46,7 +45,7 @@ from generation_analytics.service.queries.users import TopUsers, UserAnalytics, 
 from generation_analytics.service.queries.window import Window, bounded, text_filter, user_uuid, window
 from generation_analytics.service.replica import ReadPools
 from generation_analytics.service.settings import GpuPrices
-from generation_analytics.service.stream import StreamKeys
+from generation_analytics.service.stream import AsyncRedis, StreamKeys
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ class AnalyticsQueries:
         *,
         pool: AsyncConnectionPool,
         reads: ReadPools | None = None,
-        redis_client: aioredis.Redis,
+        redis_client: AsyncRedis,
         keys: StreamKeys,
         token_secret: bytes = b"",
         prices: GpuPrices | None = None,

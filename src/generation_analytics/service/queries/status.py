@@ -6,11 +6,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions
 from psycopg_pool import AsyncConnectionPool
 
-from generation_analytics.service.stream import TRANSFER_GROUP, StreamKeys, group_backlog, transfer_group
+from generation_analytics.service.stream import (
+    TRANSFER_GROUP,
+    AsyncRedis,
+    ShardKeys,
+    StreamKeys,
+    group_backlog,
+    transfer_group,
+)
 
 
 @dataclass
@@ -25,11 +31,14 @@ class JobRunStatus:
 
 @dataclass
 class StreamStatus:
+    """The stream's state: totals over its shards, and each shard's own (`shards`, in shard order)."""
+
     length: int = 0
     pending: int = 0
     undelivered: int = 0
     oldest_untransferred_at: datetime | None = None
     dead_letters: int = 0
+    shards: list[ShardStatus] = field(default_factory=list)
 
     @property
     def backlog(self) -> int:
@@ -69,9 +78,33 @@ def _id_time(entry_id: Any) -> datetime:
     return datetime.fromtimestamp(int(_text(entry_id).split("-")[0]) / 1000, UTC)
 
 
-async def stream_status(client: aioredis.Redis, keys: StreamKeys) -> StreamStatus:
-    """Length, pending, undelivered and the age of the oldest entry not yet in Postgres."""
-    status = StreamStatus()
+@dataclass
+class ShardStatus(StreamStatus):
+    """One shard's state (its `shards` stays empty)."""
+
+    index: int = 0
+    key: str = ""
+
+
+async def stream_status(client: AsyncRedis, keys: StreamKeys) -> StreamStatus:
+    """Length, pending, undelivered and the age of the oldest entry not yet in Postgres, over every shard
+    (read one after the other: a status call is rare and small next to the many shards it would fan to)."""
+    retired = keys.retired(await client.smembers(keys.registry))
+    shards = [await _shard_status(client, shard) for shard in [*keys.shards, *retired]]
+    shards = [shard for shard in shards if shard.index >= 0 or shard.length or shard.dead_letters]
+    oldest = [shard.oldest_untransferred_at for shard in shards if shard.oldest_untransferred_at]
+    return StreamStatus(
+        length=sum(shard.length for shard in shards),
+        pending=sum(shard.pending for shard in shards),
+        undelivered=sum(shard.undelivered for shard in shards),
+        oldest_untransferred_at=min(oldest) if oldest else None,
+        dead_letters=sum(shard.dead_letters for shard in shards),
+        shards=shards,
+    )
+
+
+async def _shard_status(client: AsyncRedis, keys: ShardKeys) -> ShardStatus:
+    status = ShardStatus(index=keys.index, key=keys.stream)
     pipe = client.pipeline(transaction=False)
     pipe.xlen(keys.stream)
     pipe.xlen(keys.dead_letter)
@@ -100,8 +133,13 @@ async def stream_status(client: aioredis.Redis, keys: StreamKeys) -> StreamStatu
     return status
 
 
-async def stream_backlog(client: aioredis.Redis, keys: StreamKeys) -> int:
-    """Events accepted but not yet stored: pending + undelivered, in one round trip when Redis >= 7."""
+async def stream_backlog(client: AsyncRedis, keys: StreamKeys) -> int:
+    """Events accepted but not yet stored: pending + undelivered, one round trip per shard when Redis >= 7."""
+    retired = keys.retired(await client.smembers(keys.registry))
+    return sum([await _shard_backlog(client, shard) for shard in [*keys.shards, *retired]])
+
+
+async def _shard_backlog(client: AsyncRedis, keys: ShardKeys) -> int:
     try:
         backlog = group_backlog(transfer_group(await client.xinfo_groups(keys.stream)))
     except redis.exceptions.ResponseError:  # no stream yet
@@ -135,7 +173,7 @@ ORDER BY day DESC
 JOB_RUNS = "SELECT job, started_at, duration_s, processed, error, last_error, last_error_at FROM pipeline_job_runs"
 
 
-async def pipeline_status(client: aioredis.Redis, pool: AsyncConnectionPool, keys: StreamKeys) -> PipelineStatus:
+async def pipeline_status(client: AsyncRedis, pool: AsyncConnectionPool, keys: StreamKeys) -> PipelineStatus:
     """Everything GetPipelineStatus reports."""
     stream = await stream_status(client, keys)
     async with pool.connection() as conn:
