@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fix_pipeline",
     "tests.fix_replica",
     "tests.fix_redis_replica",
+    "tests.fix_redis_cluster",
 ]

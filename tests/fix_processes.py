@@ -27,6 +27,8 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "GA_POSTGRES_DSN": settings.postgres.dsn,
         "GA_REDIS_URL": settings.redis.url,
         "GA_NAMESPACE": settings.redis.namespace,
+        "GA_REDIS_CLUSTER": str(settings.redis.cluster).lower(),
+        "GA_REDIS_STREAM_SHARDS": str(settings.redis.stream_shards),
         "GA_TRANSFER_INTERVAL_S": "0.2",
         "GA_AGGREGATION_INTERVAL_S": "0.3",
         "GA_TRANSFER_BATCH_SIZE": "500",

@@ -1,4 +1,5 @@
-"""Fault suite: exactly-once under SIGKILLed workers, a Postgres restart, and several replicas.
+"""Fault suite: exactly-once under SIGKILLed workers, a Postgres restart, and several replicas, on a single
+Redis and on a Redis Cluster with a sharded stream.
 
 Jepsen-style set check: writers record events with known ids while transfer workers are killed at
 random moments and Postgres is restarted; afterwards every acknowledged event_id is stored exactly
@@ -29,10 +30,23 @@ from generation_analytics.service.settings import PostgresSettings, Settings
 from generation_analytics.v1 import events_pb2
 from tests.factories import make_event
 from tests.fix_processes import CLI, free_port, service_env
+from tests.fix_redis_cluster import LocalRedisCluster, on_cluster
 from tests.fix_server import LiveServer
 from tests.rollup_check import assert_queries_match_raw, assert_rollups_match_raw
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Settings]:
+    """Each fault test twice: on a single Redis, and on a Redis Cluster of three masters (with replicas)
+    with the stream in three shards, one per master."""
+    if request.param == "redis":
+        yield settings
+        return
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    yield on_cluster(settings, cluster)
+    assert cluster.delete_namespace(settings.redis.namespace) > 0, "the test never used the cluster"
 
 
 def random_events(rng: random.Random, n: int) -> list[events_pb2.GenerationEvent]:
