@@ -1,6 +1,8 @@
 """End-to-end sustained throughput: events recorded, transferred and aggregated with freshness <= 10 s, for
 one `serve` process with its pipeline inside (what `make run` starts) against two serving processes
-(GA_SERVE_PROCESSES=2, scheduler off) plus two `worker` processes — issue 16's "1 vs 2".
+(GA_SERVE_PROCESSES=2, scheduler off) plus two `worker` processes, on one stream shard and on two
+(GA_REDIS_STREAM_SHARDS=2); with `--cluster`, also two shards on a local 3-master Redis Cluster — issue 16's
+"1 vs 2".
 
 Per layout, on a fresh database and namespace, at default pipeline settings:
 
@@ -16,19 +18,20 @@ Per layout, on a fresh database and namespace, at default pipeline settings:
 Writers, sampler and service share this 2-core machine: the figures are what one host gives, not what
 separate hosts would.
 
-    .venv/bin/python -m bench.scaling [--seconds 30] [--threads 6] [--load 0.8]
+    .venv/bin/python -m bench.scaling [--seconds 30] [--threads 6] [--load 0.8] [--cluster]
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import random
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -45,6 +48,7 @@ from bench.common import (
 )
 from generation_analytics.v1 import analytics_pb2, analytics_pb2_grpc, events_pb2
 from tests.fix_processes import launch
+from tests.fix_redis_cluster import running_redis_cluster
 
 BATCH = 500
 TARGET_FRESHNESS_S = 10.0
@@ -212,17 +216,36 @@ class Layout:
     name: str
     serve_env: dict[str, str]
     workers: int
+    on_cluster: bool = False  # on a local Redis Cluster of three masters (--cluster)
 
 
+TWO_PROCESSES = {"GA_SERVE_PROCESSES": "2", "GA_SCHEDULER_ENABLED": "false"}
 LAYOUTS = [
-    Layout("1 process (serve with its pipeline)", {}, 0),
-    Layout("2 serving processes + 2 workers", {"GA_SERVE_PROCESSES": "2", "GA_SCHEDULER_ENABLED": "false"}, 2),
+    Layout("1 process, 1 shard (serve with its pipeline)", {}, 0),
+    Layout("2 serving processes + 2 workers, 1 shard", TWO_PROCESSES, 2),
+    Layout("2 serving processes + 2 workers, 2 shards", {**TWO_PROCESSES, "GA_REDIS_STREAM_SHARDS": "2"}, 2),
 ]
+CLUSTER_LAYOUT = Layout(
+    "2 serving processes + 2 workers, 2 shards on a 3-master Redis Cluster",
+    {**TWO_PROCESSES, "GA_REDIS_STREAM_SHARDS": "2", "GA_REDIS_CLUSTER": "true"},
+    2,
+    on_cluster=True,
+)
+
+
+@contextlib.contextmanager
+def redis_for(layout: Layout) -> Iterator[dict[str, str]]:
+    """Where the layout's Redis is: the benchmark's own, or a Redis Cluster started on loopback ports."""
+    if not layout.on_cluster:
+        yield {}
+        return
+    with running_redis_cluster() as cluster:
+        yield {"GA_REDIS_URL": cluster.url}
 
 
 def measure_layout(layout: Layout, *, seconds: float, threads: int, load: float) -> list[Figure]:
-    with scratch_database() as dsn, scratch_namespace() as namespace:
-        env, address = service_environment(dsn, namespace=namespace, **layout.serve_env)
+    with scratch_database() as dsn, scratch_namespace() as namespace, redis_for(layout) as redis_env:
+        env, address = service_environment(dsn, namespace=namespace, **layout.serve_env, **redis_env)
         processes: list[subprocess.Popen[bytes]] = [launch("serve", env, address=address, timeout_s=60)]
         worker_env = {**env, "GA_SERVE_PROCESSES": "1"}
         processes += [launch("worker", worker_env) for _ in range(layout.workers)]
@@ -268,11 +291,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=6, help="writer threads (one channel each)")
     parser.add_argument("--load", type=float, default=0.8, help="sustained load as a share of the pipeline rate")
+    parser.add_argument("--cluster", action="store_true", help="also the 2-shard layout on a local Redis Cluster")
     args = parser.parse_args()
     figures: list[Figure] = []
-    for layout in LAYOUTS:
+    for layout in [*LAYOUTS, *([CLUSTER_LAYOUT] if args.cluster else [])]:
         figures += measure_layout(layout, seconds=args.seconds, threads=args.threads, load=args.load)
-    print_figures("End-to-end throughput, 1 vs 2 processes", figures)
+    print_figures("End-to-end throughput, 1 vs 2 processes and shards", figures)
 
 
 if __name__ == "__main__":

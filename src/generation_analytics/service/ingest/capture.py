@@ -48,6 +48,7 @@ class EventCapture:
         self._wait = ("WAIT", redis.wait_replicas, redis.wait_timeout_ms) if redis.wait_replicas else None
         self._keys = keys
         self._sharded = len(keys.shards) > 1
+        self._first_stream = keys.stream
         self._unregistered = {shard.stream for shard in keys.shards}  # see _register
         self._limits = limits
         # The backlog cap holds for the whole stream: each shard refuses past its share of it.
@@ -66,7 +67,8 @@ class EventCapture:
         problem = check_new_event(event, self._limits, now_s=now, oldest_s=now - self._retention_s)
         if problem:
             raise InvalidArgument(f"event.{problem[0]}", problem[1])
-        await self._append_payloads(self._keys.shard_for(event.event_id).stream, [event.SerializeToString()])
+        stream = self._keys.shard_for(event.event_id).stream if self._sharded else self._first_stream
+        await self._append_payloads(stream, [event.SerializeToString()])
         return event.event_id
 
     async def record_many(self, events: Sequence[events_pb2.GenerationEvent]) -> BatchResult:
@@ -77,7 +79,7 @@ class EventCapture:
         oldest = now - self._retention_s
         result = BatchResult(event_ids=[""] * len(events))
         payloads: dict[str, list[bytes]] = {}
-        shard_for, first_stream = self._keys.shard_for, self._keys.stream
+        shard_for, first_stream = self._keys.shard_for, self._first_stream
         for index, event in enumerate(events):
             problem = check_new_event(event, self._limits, now_s=now, oldest_s=oldest)
             if problem:
