@@ -1,11 +1,12 @@
 """Transfer: drain the Redis stream into generation_events, exactly once per event_id.
 
 Each batch is read through the consumer group, decoded, COPYed into a staging table and inserted
-with `ON CONFLICT (event_id) DO NOTHING`; the hours it touched are marked dirty in the same
-transaction; only after the commit are the entries acknowledged (and only acknowledged entries are
-ever trimmed). A crash anywhere before the acknowledgement means redelivery, and redelivery is
-harmless because the insert is idempotent. Entries that cannot become rows are dead-lettered (to a
-stream and a table, with the reason) and acknowledged, so they never block the entries behind them.
+where its event_id is new (generation_event_ids, `ON CONFLICT (event_id) DO NOTHING`); the hours it
+touched are marked dirty in the same transaction; only after the commit are the entries acknowledged
+(and only acknowledged entries are ever trimmed). A crash anywhere before the acknowledgement means
+redelivery, and redelivery is harmless because the insert is idempotent. Entries that cannot become
+rows are dead-lettered (to a stream and a table, with the reason) and acknowledged, so they never
+block the entries behind them. With several stream shards, a run visits each in turn.
 """
 
 from __future__ import annotations
@@ -192,15 +193,23 @@ SELECT b.user_id, coalesce(b.uid, a.uid) FROM batch AS b LEFT JOIN added AS a US
 """
 
 # Insert what is new, mark the hours it falls in as dirty (fresh version, see 0002_pipeline.sql).
+# What is new is decided by generation_event_ids (0016: generation_events is partitioned by day, so it cannot
+# hold a unique key on event_id alone): the batch's ids go there first, and only the events whose id was new
+# are stored — once each, even when the batch holds an event twice (DISTINCT ON).
 # Rows and hours are taken in a fixed order so concurrent workers cannot deadlock.
 INSERT_FROM_STAGING = f"""
-WITH inserted AS (
-    INSERT INTO generation_events ({_COLUMNS}, uid)
-    SELECT {", ".join(f"s.{c}" for c in ROW_COLUMNS)},
-           coalesce(u.uid, (SELECT g.uid FROM generation_users AS g WHERE g.user_id = s.user_id))
-    FROM transfer_staging AS s LEFT JOIN transfer_users AS u USING (user_id)
-    ORDER BY s.event_id
+WITH new_ids AS (
+    INSERT INTO generation_event_ids (event_id, timestamp)
+    SELECT event_id, timestamp FROM transfer_staging
+    ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), inserted AS (
+    INSERT INTO generation_events ({_COLUMNS}, uid)
+    SELECT DISTINCT ON (s.event_id) {", ".join(f"s.{c}" for c in ROW_COLUMNS)},
+           coalesce(u.uid, (SELECT g.uid FROM generation_users AS g WHERE g.user_id = s.user_id))
+    FROM transfer_staging AS s JOIN new_ids USING (event_id) LEFT JOIN transfer_users AS u USING (user_id)
+    ORDER BY s.event_id
     RETURNING timestamp
 ), marked AS (
     INSERT INTO generation_dirty_hours (hour, version)
