@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from bench.common import ADMIN_DSN, bench_settings, print_result
 from generation_analytics.service.migrate import migrate
+from generation_analytics.service.pipeline import partitions
 from generation_analytics.service.pipeline.worker import Pipeline
 
 # The secondary indexes of generation_events as the migrations leave them (not those behind constraints):
@@ -128,6 +129,8 @@ def build(dbname: str, events: int, users: int, days: int, templates: int = 0) -
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET maintenance_work_mem = '512MB'")
+        # A partition per day of the data, as a service running for those days would have made them.
+        partitions.ensure_days(conn, now - timedelta(days=days, hours=1), now)
         indexes = conn.execute(SECONDARY_INDEXES).fetchall()
         for name, _ in indexes:
             conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))

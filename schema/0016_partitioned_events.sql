@@ -7,8 +7,8 @@
 -- transfer inserts a batch's ids there first (ON CONFLICT DO NOTHING) and stores only the events whose id was
 -- new, in the same statement. Retention deletes the ids of the rows it removes (before it drops a day).
 --
--- The table as it was becomes the first partition, generation_events_legacy, holding every timestamp before
--- the first day after its newest row: nothing is copied or rebuilt (its indexes are attached to the new
+-- The table as it was (unless empty: then it is dropped) becomes the first partition,
+-- generation_events_legacy, holding every timestamp before the first day after its newest row: nothing is copied or rebuilt (its indexes are attached to the new
 -- table's), only its ids are copied once. Its rows are deleted by retention as before until the whole
 -- partition is past the retention age, then it is dropped like any day. Days after it get a partition each
 -- (created ahead by the pipeline's retention job, a week ahead here); anything outside them (a day the
@@ -78,10 +78,14 @@ DECLARE
 BEGIN
     SELECT greatest(date_trunc('day', now()), coalesce(date_trunc('day', max(timestamp)) + interval '1 day', '-infinity'))
     INTO first_day FROM generation_events_legacy;
-    -- A CHECK that proves the bound, so ATTACH does not scan the table to prove it.
-    EXECUTE format('ALTER TABLE generation_events_legacy ADD CONSTRAINT generation_events_legacy_bound CHECK (timestamp < %L)', first_day);
-    EXECUTE format('ALTER TABLE generation_events ATTACH PARTITION generation_events_legacy FOR VALUES FROM (MINVALUE) TO (%L)', first_day);
-    ALTER TABLE generation_events_legacy DROP CONSTRAINT generation_events_legacy_bound;
+    IF NOT EXISTS (SELECT 1 FROM generation_events_legacy) THEN
+        DROP TABLE generation_events_legacy;  -- a new database: every day can have its own partition
+    ELSE
+        -- A CHECK that proves the bound, so ATTACH does not scan the table to prove it.
+        EXECUTE format('ALTER TABLE generation_events_legacy ADD CONSTRAINT generation_events_legacy_bound CHECK (timestamp < %L)', first_day);
+        EXECUTE format('ALTER TABLE generation_events ATTACH PARTITION generation_events_legacy FOR VALUES FROM (MINVALUE) TO (%L)', first_day);
+        ALTER TABLE generation_events_legacy DROP CONSTRAINT generation_events_legacy_bound;
+    END IF;
     FOR i IN 0..7 LOOP
         day := first_day + i * interval '1 day';
         EXECUTE format(

@@ -18,7 +18,14 @@ import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from generation_analytics.service.migrate import load_migrations, migrate
 from generation_analytics.service.pipeline import partitions
@@ -83,6 +90,14 @@ class PartitionMachine(RuleBasedStateMachine):
         self.pushed += events
         self.sent += events
 
+    @initialize(days=st.lists(st.integers(-2, 9), min_size=2, max_size=5))
+    def some_history(self, days: list[int]) -> None:
+        """Every history starts with events on a few days, stored, and one of them sent again."""
+        for day in days:
+            self.record(day, 600, 3)
+        self._push(self.sent[:1])
+        self.transfer()
+
     @rule(day=st.integers(-2, 9), minutes=st.integers(0, 24 * 60 - 1), count=st.integers(1, 8))
     def record(self, day: int, minutes: int, count: int) -> None:
         """Events on a day around the (virtual) today: past days, today, days ahead with or without a
@@ -133,7 +148,14 @@ class PartitionMachine(RuleBasedStateMachine):
         assert not {p.name for p in left} & set(report.dropped_partitions)
         assert all(p.is_default or p.end is None or p.end > cutoff for p in left), "a day past retention stayed"
         midnight = self.now.replace(hour=0, minute=0, second=0, microsecond=0)
-        assert any(p.covers(midnight + timedelta(days=partitions.DAYS_AHEAD)) for p in left), "no days ahead"
+        in_default = {moment.date() for moment in self._default_rows()}
+        for offset in range(partitions.DAYS_AHEAD + 1):  # each day ahead has a partition, or the default has it
+            day = midnight + timedelta(days=offset)
+            assert any(p.covers(day) for p in left) or day.date() in in_default, f"no partition for {day.date()}"
+
+    def _default_rows(self) -> list[datetime]:
+        found = rows(self.settings.postgres.dsn, "SELECT timestamp FROM generation_events_default")
+        return [moment for (moment,) in found]
 
     @invariant()
     def each_event_once_and_the_books_agree(self) -> None:

@@ -80,16 +80,22 @@ def day_partition_name(day: datetime) -> str:
 
 
 def ensure_days_ahead(conn: psycopg.Connection[Any], now: datetime, days: int = DAYS_AHEAD) -> list[str]:
-    """Create the partitions of today and the next `days` days that do not exist; returns their names.
+    """Create the partitions of today and the next `days` days that do not exist; returns their names."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return ensure_days(conn, today, today + timedelta(days=days))
+
+
+def ensure_days(conn: psycopg.Connection[Any], first: datetime, last: datetime) -> list[str]:
+    """Create the partitions of the UTC days from `first` to `last` (included) that no partition covers.
 
     A day the default partition already holds rows of is left to it (a partition cannot be created over
     rows another holds); those rows age out of the default partition like the legacy ones.
     """
     existing = partitions(conn)
-    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = first.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     created = []
-    for offset in range(days + 1):
-        day = today + timedelta(days=offset)
+    for offset in range((last - first).days + 1):
+        day = first + timedelta(days=offset)
         if any(p.covers(day) for p in existing):
             continue
         params = {"day": day, "next": day + timedelta(days=1)}
