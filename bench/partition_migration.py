@@ -1,4 +1,4 @@
-"""How long migration 0016 (generation_events partitioned by day) holds a populated table.
+"""How long migration 0016 (generation_events partitioned by week) holds a populated table.
 
 A scratch database is migrated up to 0015 (the unpartitioned table), filled with `--events` events spread
 over the last 60 days (with the indexes every migration up to 0015 made), then migration 0016 is applied

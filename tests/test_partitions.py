@@ -1,4 +1,4 @@
-"""generation_events partitioned by day (migration 0016): the migration of a populated table, dedupe by
+"""generation_events partitioned by week (migration 0016): the migration of a populated table, dedupe by
 event_id across partitions, and retention by dropping days — as a stateful property test over any history
 of recording, retries (with the timestamp a server assigns per attempt), transfer and the passing of days.
 """
@@ -132,7 +132,7 @@ class PartitionMachine(RuleBasedStateMachine):
 
     @rule(days=st.integers(1, 3))
     def days_pass(self, days: int) -> None:
-        """Time moves on and retention runs: rows before the cutoff go, whole days by dropping them."""
+        """Time moves on and retention runs: rows before the cutoff go, whole weeks by dropping them."""
         self.now += timedelta(days=days)
         cutoff = self.now - timedelta(days=RETENTION_DAYS)
         before = stored(self.settings.postgres.dsn)

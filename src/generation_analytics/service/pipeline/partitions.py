@@ -1,10 +1,11 @@
-"""The day partitions of generation_events (migration 0016): created ahead of time, dropped whole once
-every timestamp they can hold is past retention.
+"""The partitions of generation_events (migration 0016), a week each: created ahead of time, dropped
+whole once every timestamp they can hold is past retention.
 
-A day's partition is `generation_events_YYYYMMDD`, covering [day, day + 1) in UTC. Two more partitions
-hold what no day covers: `generation_events_legacy` (everything before the first day, i.e. the table as
-it was before 0016) and `generation_events_default` (a day with no partition yet); retention deletes their
-old rows batch by batch, and drops the legacy partition too once its upper bound is past retention.
+A week's partition is `generation_events_YYYYMMDD` (the day it starts), covering [Monday, next Monday) in
+UTC, or the part of that week no other partition holds. Two more partitions hold what no week covers:
+`generation_events_legacy` (everything before the first partition, i.e. the table as it was before 0016)
+and `generation_events_default` (a week with no partition yet); retention deletes their old rows batch by
+batch, and drops the legacy partition too once its upper bound is past retention.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 
 PARENT = "generation_events"
 DEFAULT_PARTITION = "generation_events_default"
-# Days created ahead of today by each retention run (it runs hourly): a week without the pipeline still
-# finds its days ready.
+# A partition holds an ISO week (Monday 00:00 UTC to the next): a query plans every partition its window
+# spans, and ~13 weeks of retention plan far faster than ~90 days would (~0.1 ms per partition).
+PARTITION_DAYS = 7
+# Days given a partition ahead of today by each retention run (it runs hourly): a week without the
+# pipeline still finds its days ready.
 DAYS_AHEAD = 7
 # Dropping a partition briefly locks generation_events against every reader and writer; rather than queue
 # behind a long query (and make everyone queue behind the drop), give up and try again on the next run.
@@ -35,8 +39,8 @@ FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'generation_events'::regclass
 ORDER BY c.relname
 """
-DEFAULT_HOLDS_DAY = """
-SELECT EXISTS (SELECT 1 FROM generation_events_default WHERE timestamp >= %(day)s AND timestamp < %(next)s)
+DEFAULT_HOLDS = """
+SELECT EXISTS (SELECT 1 FROM generation_events_default WHERE timestamp >= %(start)s AND timestamp < %(end)s)
 """
 _BOUND = re.compile(r"FOR VALUES FROM \((?:'(?P<start>[^']+)'|MINVALUE)\) TO \((?:'(?P<end>[^']+)'|MAXVALUE)\)")
 
@@ -75,40 +79,49 @@ def partitions(conn: psycopg.Connection[Any]) -> list[Partition]:
     return found
 
 
-def day_partition_name(day: datetime) -> str:
-    return f"{PARENT}_{day:%Y%m%d}"
+def week_start(moment: datetime) -> datetime:
+    """Monday 00:00 UTC of the ISO week of `moment`."""
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
 
 
 def ensure_days_ahead(conn: psycopg.Connection[Any], now: datetime, days: int = DAYS_AHEAD) -> list[str]:
-    """Create the partitions of today and the next `days` days that do not exist; returns their names."""
-    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return ensure_days(conn, today, today + timedelta(days=days))
+    """Give today and the next `days` days a partition where none has one; returns the partitions made."""
+    return ensure_days(conn, now, now + timedelta(days=days))
 
 
 def ensure_days(conn: psycopg.Connection[Any], first: datetime, last: datetime) -> list[str]:
-    """Create the partitions of the UTC days from `first` to `last` (included) that no partition covers.
+    """Give every day from `first` to `last` a partition: one per ISO week (a week's part that another
+    partition does not hold already). Returns the names of those created.
 
-    A day the default partition already holds rows of is left to it (a partition cannot be created over
+    A range the default partition already holds rows of is left to it (a partition cannot be created over
     rows another holds); those rows age out of the default partition like the legacy ones.
     """
-    existing = partitions(conn)
-    first = first.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    existing = [p for p in partitions(conn) if not p.is_default]
+    has_default = len(existing) < len(partitions(conn))
     created = []
-    for offset in range((last - first).days + 1):
-        day = first + timedelta(days=offset)
-        if any(p.covers(day) for p in existing):
+    week = week_start(first)
+    while week <= last:
+        start, end = week, week + timedelta(days=PARTITION_DAYS)
+        week = end
+        for p in existing:  # what the week's partitions leave free: [start, end)
+            if (p.start is None or p.start <= start) and (p.end is None or start < p.end):
+                start = p.end if p.end is not None else end
+        if start >= end:
             continue
-        params = {"day": day, "next": day + timedelta(days=1)}
-        if any(p.is_default for p in existing) and conn.execute(DEFAULT_HOLDS_DAY, params).fetchone() == (True,):
-            log.warning("partitions: events of %s are in the default partition; that day gets none", day.date())
+        end = min([end, *(p.start for p in existing if p.start is not None and start < p.start < end)])
+        params = {"start": start, "end": end}
+        if has_default and conn.execute(DEFAULT_HOLDS, params).fetchone() == (True,):
+            log.warning("partitions: the default partition holds events of %s..%s; no partition for them", start, end)
             continue
-        name = day_partition_name(day)
+        name = f"{PARENT}_{start:%Y%m%d}"
         with conn.transaction():
             conn.execute(
                 sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                    sql.Identifier(name), sql.Identifier(PARENT), sql.Literal(day), sql.Literal(params["next"])
+                    sql.Identifier(name), sql.Identifier(PARENT), sql.Literal(start), sql.Literal(end)
                 )
             )
+        existing.append(Partition(name, start, end))
         created.append(name)
     if created:
         log.info("partitions: created %s", ", ".join(created))

@@ -1,6 +1,6 @@
 """Retention: remove raw events (and alert transitions) older than the retention age; rollups stay.
 
-generation_events is partitioned by day (0016): whole days past retention are dropped (partitions.py),
+generation_events is partitioned by week (0016): whole weeks past retention are dropped (partitions.py),
 and what remains older than the cutoff — the part of the day the cutoff falls in, the legacy and default
 partitions — is deleted in small batches, each its own short transaction, so no lock is held for long and
 transfer keeps flowing. The ids of removed events leave generation_event_ids with them. The same run

@@ -63,14 +63,17 @@ ON CONFLICT (user_id) DO NOTHING
 # Failed completions of the hours stored without an error group (before migration 0010, or inserted
 # another way): transfer computes every other one. Found through the partial index of failures (0008).
 SELECT_MISSING_FINGERPRINTS = """
-SELECT e.id, coalesce(e.error_type, ''), coalesce(e.error_message, '') FROM generation_events AS e
+SELECT e.id, e.timestamp, coalesce(e.error_type, ''), coalesce(e.error_message, '') FROM generation_events AS e
 WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND date_trunc('hour', e.timestamp) = ANY(%(hours)s)
   AND e.success = false AND e.event_type = 'completion' AND e.error_fingerprint IS NULL
 """
+# Rows found by their timestamp first (generation_events is partitioned by it and has no index on id alone),
+# within the window's bounds so only its days' partitions are planned.
 SET_FINGERPRINTS = """
 UPDATE generation_events AS e SET error_fingerprint = f.fingerprint
-FROM unnest(%(ids)s::bigint[], %(fingerprints)s::text[]) AS f(id, fingerprint)
-WHERE e.id = f.id AND e.error_fingerprint IS NULL
+FROM unnest(%(ids)s::bigint[], %(timestamps)s::timestamptz[], %(fingerprints)s::text[]) AS f(id, timestamp, fingerprint)
+WHERE e.timestamp >= %(lo)s AND e.timestamp < %(hi)s
+  AND e.timestamp = f.timestamp AND e.id = f.id AND e.error_fingerprint IS NULL
 """
 
 
@@ -83,7 +86,13 @@ def fill_fingerprints(cur: Cursor, params: dict[str, Any]) -> int:
     if rows:
         cur.execute(
             SET_FINGERPRINTS,
-            {"ids": [row[0] for row in rows], "fingerprints": [fingerprint(row[1], row[2]) for row in rows]},
+            {
+                "ids": [row[0] for row in rows],
+                "timestamps": [row[1] for row in rows],
+                "fingerprints": [fingerprint(row[2], row[3]) for row in rows],
+                "lo": params["lo"],
+                "hi": params["hi"],
+            },
         )
     return len(rows)
 

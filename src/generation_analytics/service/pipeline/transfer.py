@@ -193,7 +193,7 @@ SELECT b.user_id, coalesce(b.uid, a.uid) FROM batch AS b LEFT JOIN added AS a US
 """
 
 # Insert what is new, mark the hours it falls in as dirty (fresh version, see 0002_pipeline.sql).
-# What is new is decided by generation_event_ids (0016: generation_events is partitioned by day, so it cannot
+# What is new is decided by generation_event_ids (0016: generation_events is partitioned by week, so it cannot
 # hold a unique key on event_id alone): the batch's ids go there first, and only the events whose id was new
 # are stored — once each, even when the batch holds an event twice (DISTINCT ON).
 # Rows and hours are taken in a fixed order so concurrent workers cannot deadlock.

@@ -150,7 +150,7 @@ async def _shard_backlog(client: AsyncRedis, keys: ShardKeys) -> int:
 # The number of events is the sum of the counters triggers keep (0012_event_counts.sql): exact, and a few
 # rows to read where count(*) read the whole table (~1.1 s on 10M events).
 DATABASE_STATUS = """
-SELECT (SELECT created_at FROM generation_events ORDER BY id DESC LIMIT 1),
+SELECT (SELECT max(latest_at) FROM generation_event_counts),
        (SELECT coalesce(sum(events), 0)::bigint FROM generation_event_counts),
        (SELECT max(timestamp) FROM generation_metrics_hourly),
        (SELECT count(*) FROM generation_metrics_hourly),
