@@ -64,6 +64,13 @@ def assert_bookkeeping_agrees(dsn: str) -> None:
         " (SELECT count(*) FROM generation_events)",
     )
     assert counted == real
+    ((latest_stored, newest_row),) = rows(
+        dsn,
+        "SELECT (SELECT max(latest_at) FROM generation_event_counts), (SELECT max(created_at) FROM generation_events)",
+    )
+    # When the newest event was stored (GetPipelineStatus): never earlier than a row there is; later only
+    # when retention removed the newest rows.
+    assert newest_row is None or (latest_stored is not None and latest_stored >= newest_row)
 
 
 class PartitionMachine(RuleBasedStateMachine):
@@ -148,10 +155,12 @@ class PartitionMachine(RuleBasedStateMachine):
         assert not {p.name for p in left} & set(report.dropped_partitions)
         assert all(p.is_default or p.end is None or p.end > cutoff for p in left), "a day past retention stayed"
         midnight = self.now.replace(hour=0, minute=0, second=0, microsecond=0)
-        in_default = {moment.date() for moment in self._default_rows()}
-        for offset in range(partitions.DAYS_AHEAD + 1):  # each day ahead has a partition, or the default has it
+        # Each day ahead has a partition, unless the default partition holds events of its week already.
+        weeks_in_default = {partitions.week_start(moment) for moment in self._default_rows()}
+        for offset in range(partitions.DAYS_AHEAD + 1):
             day = midnight + timedelta(days=offset)
-            assert any(p.covers(day) for p in left) or day.date() in in_default, f"no partition for {day.date()}"
+            in_default = partitions.week_start(day) in weeks_in_default
+            assert any(p.covers(day) for p in left) or in_default, f"no partition for {day.date()}"
 
     def _default_rows(self) -> list[datetime]:
         found = rows(self.settings.postgres.dsn, "SELECT timestamp FROM generation_events_default")
@@ -227,6 +236,9 @@ def test_0016_partitions_a_populated_table_without_losing_or_doubling_a_row(
     assert rows(dsn, "SELECT relkind FROM pg_class WHERE relname = 'generation_events'") == [("p",)]
     assert rows(dsn, "SELECT count(*) FROM generation_events_legacy") == [(len(old),)]
     assert_bookkeeping_agrees(dsn)
+    assert rows(dsn, "SELECT max(latest_at) FROM generation_event_counts") == rows(
+        dsn, "SELECT max(created_at) FROM generation_events"
+    )
     # Every index of the old table serves the new one (attached, not rebuilt), under its old name.
     parent_indexes = {r[0] for r in rows(dsn, "SELECT indexname FROM pg_indexes WHERE tablename = 'generation_events'")}
     assert {"generation_events_timestamp_idx", "generation_events_user_timestamp_idx"} <= parent_indexes

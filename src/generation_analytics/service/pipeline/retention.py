@@ -86,9 +86,10 @@ def prune(pool: ConnectionPool, settings: RetentionSettings, *, now: datetime | 
             if not locked or not locked[0]:
                 return report
             try:
-                partitions.ensure_days_ahead(conn, now or datetime.now(UTC))
                 report.dropped_partitions, report.deleted = partitions.drop_expired(conn, cutoff)
                 report.deleted += _delete_in_batches(conn, cutoff, settings.batch_rows)
+                # Last: a week whose events in the default partition were just deleted can have its own now.
+                partitions.ensure_days_ahead(conn, now or datetime.now(UTC))
                 conn.execute(DELETE_OLD_DEAD_LETTERS, {"cutoff": cutoff})
                 conn.execute(DELETE_OLD_ALERT_EVENTS, {"cutoff": cutoff})
             finally:
