@@ -73,6 +73,17 @@ def assert_bookkeeping_agrees(dsn: str) -> None:
     assert newest_row is None or (latest_stored is not None and latest_stored >= newest_row)
 
 
+def partitions_without_kind_statistics(dsn: str) -> list[str]:
+    """Partitions the planner would misjudge "failures of error type X" on (partitions.KIND_STATISTICS)."""
+    found = rows(
+        dsn,
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'generation_events'::regclass"
+        " AND NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS s WHERE s.stxrelid = c.oid)",
+    )
+    return [name for (name,) in found]
+
+
 class PartitionMachine(RuleBasedStateMachine):
     settings: ClassVar[Settings]
     pipeline: ClassVar[Pipeline]
@@ -153,6 +164,7 @@ class PartitionMachine(RuleBasedStateMachine):
         with psycopg.connect(self.settings.postgres.dsn) as conn:
             left = partitions.partitions(conn)
         assert not {p.name for p in left} & set(report.dropped_partitions)
+        assert partitions_without_kind_statistics(self.settings.postgres.dsn) == []
         assert all(p.is_default or p.end is None or p.end > cutoff for p in left), "a day past retention stayed"
         midnight = self.now.replace(hour=0, minute=0, second=0, microsecond=0)
         # Each day ahead has a partition, unless the default partition holds events of its week already.
@@ -244,6 +256,7 @@ def test_0016_partitions_a_populated_table_without_losing_or_doubling_a_row(
     assert {"generation_events_timestamp_idx", "generation_events_user_timestamp_idx"} <= parent_indexes
     invalid = rows(dsn, "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")
     assert invalid == []
+    assert partitions_without_kind_statistics(dsn) == []
 
     # The pipeline on the migrated database: retries of old events are recognised, new ones get new ids.
     migrated = replace(settings, postgres=replace(settings.postgres, dsn=dsn))
