@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.exceptions
 
@@ -43,8 +44,15 @@ class EventCapture:
     def __init__(
         self, *, redis: RedisSettings, keys: StreamKeys, limits: LimitSettings, retention: RetentionSettings
     ) -> None:
-        link_type = ClusterLink if redis.cluster else RedisLink
-        self._link: RedisLink | ClusterLink = link_type(redis.url, timeout_s=redis.socket_timeout_s)
+        if redis.cluster:
+            cluster = ClusterLink(redis.url, timeout_s=redis.socket_timeout_s)
+            self._link: RedisLink | ClusterLink = cluster
+            self._execute: Callable[..., Awaitable[Any]] = cluster.execute_for
+            self._execute_many: Callable[..., Awaitable[list[Any]]] = cluster.execute_many_for
+        else:  # one Redis holds every key: the key is not needed, and no coroutine wraps the link's
+            single = self._link = RedisLink(redis.url, timeout_s=redis.socket_timeout_s)
+            self._execute = lambda _key, *args: single.execute(*args)
+            self._execute_many = lambda _key, *commands: single.execute_many(*commands)
         self._wait = ("WAIT", redis.wait_replicas, redis.wait_timeout_ms) if redis.wait_replicas else None
         self._keys = keys
         self._sharded = len(keys.shards) > 1
@@ -113,7 +121,7 @@ class EventCapture:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
                 # First use, or that Redis restarted (or, on a cluster, a master not used before).
-                await self._link.execute_for(stream, "SCRIPT", "LOAD", APPEND_EVENTS_LUA)
+                await self._execute(stream, "SCRIPT", "LOAD", APPEND_EVENTS_LUA)
                 await self._append(stream, command)
             if stream in self._unregistered:
                 await self._register(stream)
@@ -131,7 +139,7 @@ class EventCapture:
         count changes before a transfer of this count has run, transfer still finds the shard (stream.py)."""
         registry = self._keys.registry
         try:
-            await self._link.execute_for(registry, "SADD", registry, stream)
+            await self._execute(registry, "SADD", registry, stream)
         except redis.exceptions.RedisError as exc:  # the events are in; try again with the next ones
             log.warning("could not register stream shard %s yet: %s", stream, exc)
             return
@@ -146,9 +154,9 @@ class EventCapture:
                 master and will be stored; the caller's retry is deduplicated by event_id).
         """
         if self._wait is None:
-            await self._link.execute_for(stream, *command)
+            await self._execute(stream, *command)
             return
-        appended, replicas = await self._link.execute_many_for(stream, command, self._wait)
+        appended, replicas = await self._execute_many(stream, command, self._wait)
         if isinstance(appended, Exception):
             raise appended
         if isinstance(replicas, Exception) or replicas < self._wait[1]:

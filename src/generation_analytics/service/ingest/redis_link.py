@@ -114,14 +114,6 @@ class RedisLink:
             raise
         return replies
 
-    async def execute_for(self, key: str, *args: Any) -> Any:
-        """`execute`, for a command on `key` (one Redis holds every key; ClusterLink routes by it)."""
-        return await self.execute(*args)
-
-    async def execute_many_for(self, key: str, *commands: tuple[Any, ...]) -> list[Any]:
-        """`execute_many`, for commands on `key` (one Redis holds every key; ClusterLink routes by it)."""
-        return await self.execute_many(*commands)
-
     def _send(self, transport: Any, data: bytes, replies: int) -> list[asyncio.Future[Any]]:
         """Write `data` (`replies` commands) and queue a future per reply, in order, under one deadline."""
         loop = asyncio.get_running_loop()
