@@ -105,8 +105,9 @@ def ensure_days(conn: psycopg.Connection[Any], first: datetime, last: datetime) 
     A range the default partition already holds rows of is left to it (a partition cannot be created over
     rows another holds); those rows age out of the default partition like the legacy ones.
     """
-    existing = [p for p in partitions(conn) if not p.is_default]
-    has_default = len(existing) < len(partitions(conn))
+    found = partitions(conn)
+    existing = [p for p in found if not p.is_default]
+    has_default = len(existing) < len(found)
     created = []
     week = week_start(first)
     while week <= last:

@@ -316,14 +316,15 @@ class Transfer:
             self.ensure_group()
             retired = self._retired_shards()
             self._create_groups(retired)
-            for shard in [*self._visiting_order(), *retired]:
+            visited = [*self._visiting_order(), *retired]
+            for shard in visited:
                 if time.monotonic() >= deadline or self._stopping.is_set():
                     break
                 self._reclaim(shard, report, deadline)
                 self._drain_history(shard, report, deadline)
                 self._drain_new(shard, report, deadline)
                 self._trim(shard)
-            report.remaining = self.backlog()
+            report.remaining = sum(self._shard_backlog(shard) for shard in visited)
             report.duration_s = time.monotonic() - started
             if report.read_entries:
                 log.info(

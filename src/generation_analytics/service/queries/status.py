@@ -89,8 +89,7 @@ class ShardStatus(StreamStatus):
 async def stream_status(client: AsyncRedis, keys: StreamKeys) -> StreamStatus:
     """Length, pending, undelivered and the age of the oldest entry not yet in Postgres, over every shard
     (read one after the other: a status call is rare and small next to the many shards it would fan to)."""
-    retired = keys.retired(await client.smembers(keys.registry))
-    shards = [await _shard_status(client, shard) for shard in [*keys.shards, *retired]]
+    shards = [await _shard_status(client, shard) for shard in await _every_shard(client, keys)]
     shards = [shard for shard in shards if shard.index >= 0 or shard.length or shard.dead_letters]
     oldest = [shard.oldest_untransferred_at for shard in shards if shard.oldest_untransferred_at]
     return StreamStatus(
@@ -101,6 +100,11 @@ async def stream_status(client: AsyncRedis, keys: StreamKeys) -> StreamStatus:
         dead_letters=sum(shard.dead_letters for shard in shards),
         shards=shards,
     )
+
+
+async def _every_shard(client: AsyncRedis, keys: StreamKeys) -> list[ShardKeys]:
+    """Today's shards, then those of an earlier shard count that may still hold entries."""
+    return [*keys.shards, *keys.retired(await client.smembers(keys.registry))]
 
 
 async def _shard_status(client: AsyncRedis, keys: ShardKeys) -> ShardStatus:
@@ -135,8 +139,7 @@ async def _shard_status(client: AsyncRedis, keys: ShardKeys) -> ShardStatus:
 
 async def stream_backlog(client: AsyncRedis, keys: StreamKeys) -> int:
     """Events accepted but not yet stored: pending + undelivered, one round trip per shard when Redis >= 7."""
-    retired = keys.retired(await client.smembers(keys.registry))
-    return sum([await _shard_backlog(client, shard) for shard in [*keys.shards, *retired]])
+    return sum([await _shard_backlog(client, shard) for shard in await _every_shard(client, keys)])
 
 
 async def _shard_backlog(client: AsyncRedis, keys: ShardKeys) -> int:
