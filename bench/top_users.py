@@ -1,5 +1,5 @@
 """ListTopUsers' ranking query: pruned by upper bounds (the service's) against every user computed exactly
-(the algorithm before issue 17: one running-total probe per active user), interleaved in one run on the
+(probe 0: a few index probes per active user, as before issue 17), interleaved in one run on the
 data set built by bench.dataset, with the answers checked equal.
 
 Each case (days 1/7/30/90 x limit 20/100 x order requests/GPU time) runs --rounds times per variant,

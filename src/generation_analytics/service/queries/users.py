@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -119,51 +120,51 @@ async def user_analytics(
 # A user's totals over the window: the totals of the months it touches (monthly rows), minus the part of
 # its first month before the window (the running totals of the user's last hourly row there, read from
 # the index alone), minus any hours after its end (events stamped by clocks ahead of ours: one range
-# scan of the hour index, normally empty). Sums stay bigint (numeric arithmetic per user cost ~40% of the
-# time), a window inside one month reads its monthly rows without grouping them.
+# scan of the hour index, normally empty). A month whose last hour precedes the window adds nothing to it
+# and is left out (so is what came before it). Sums stay bigint (numeric arithmetic per user cost ~40% of
+# the time).
 #
-# That exact total costs one index probe per user, so only the users who can still rank get one. Every
-# user active in the window first gets an upper bound of its figure: its months minus what its monthly
-# row says came before the window in the first month (month-to-date figures before one of its last three
-# active days on or before the window's first day: never more than the truth, 0 when none is known).
-# The `probe` users with the highest bounds are computed exactly, and the `limit`-th best of those is a
-# threshold no user whose bound is below it can reach. The users at or above it are computed exactly and
-# ranked: the answer is the same as ranking everyone. The latest event inside the window is looked up only
-# for the users ranked.
+# That exact total costs a few index probes per user, so only the users who can still rank get one. Every
+# user active in the window first gets an upper bound of its figure, from one narrow pass over the monthly
+# rows: its months minus what its monthly row says came before the window in the first month (month-to-date
+# figures before one of its last three active days on or before the window's first day: never more than
+# the truth, 0 when none is known). The `probe` users with the highest bounds are computed exactly, and the
+# `limit`-th best of those is a threshold no user whose bound is below it can reach. The users at or above
+# it are computed exactly and ranked: the answer is the same as ranking everyone. The latest event inside
+# the window is looked up only for the users ranked.
 def _before(column: str) -> str:
     """The month-to-date figure (recent_requests or recent_duration) before the window's first day."""
     picks = " ".join(f"WHEN recent_days[{i}] <= %(first_day)s THEN {column}[{i}]" for i in (3, 2, 1))
     return f"CASE {picks} ELSE 0 END"
 
 
-MONTHS_GROUPED = f"""
-    SELECT uid, user_id, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
-           sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
-           sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum,
-           max(last_hour) AS last_hour, max(last_event_at) AS last_event_at,
-           bool_or(month = %(first_month)s) AS in_first_month,
-           sum(CASE WHEN month = %(first_month)s THEN {_before("recent_requests")} ELSE 0 END)::bigint
-               AS requests_before,
-           sum(CASE WHEN month = %(first_month)s THEN {_before("recent_duration")} ELSE 0 END)::bigint
-               AS duration_sum_before
-    FROM generation_user_metrics_monthly WHERE month >= %(first_month)s
-    GROUP BY uid, user_id
-"""
-MONTHS_SINGLE = f"""
-    SELECT uid, user_id, events, total_requests AS requests, successful_generations AS successes,
-           failed_generations AS failures, duration_count, duration_sum, last_hour, last_event_at,
-           true AS in_first_month, {_before("recent_requests")} AS requests_before,
-           {_before("recent_duration")} AS duration_sum_before
-    FROM generation_user_metrics_monthly WHERE month = %(first_month)s
-"""
-# Upper bounds (uid, bound) for every user with an event in the window.
-COVER = "SELECT uid, {order} - {order}_before AS bound FROM months WHERE last_hour >= %(start)s"
+# What ListTopUsers ranks by: a column of the exact totals (GPU time is the window's duration_sum), and
+# what bounds it: the monthly rows' column and its month-to-date figure before the window.
+ORDER_COLUMNS = {UserOrder.REQUESTS: "requests", UserOrder.GPU_TIME: "duration_sum"}
+BOUND_COLUMNS = {
+    UserOrder.REQUESTS: ("total_requests", _before("recent_requests")),
+    UserOrder.GPU_TIME: ("duration_sum", _before("recent_duration")),
+}
 
 
-def _windowed(users: str) -> str:
-    """The exact window totals of the users (uid) in the relation `users`."""
+def _bounds(months: str, *, single: bool, order: UserOrder) -> str:
+    """Upper bounds (uid, bound) of every user with an event in the window, from its monthly rows
+    (`months`: the filter on month); a window inside one month reads one row per user, ungrouped."""
+    column, before = BOUND_COLUMNS[order]
+    if single:
+        return f"""
+    SELECT uid, {column} - {before} AS bound
+    FROM generation_user_metrics_monthly WHERE {months} AND last_hour >= %(start)s"""
     return f"""
-    SELECT m.uid, m.user_id, m.last_hour, m.last_event_at,
+    SELECT uid, sum({column}) - sum(CASE WHEN month = %(first_month)s THEN {before} ELSE 0 END) AS bound
+    FROM generation_user_metrics_monthly WHERE {months} AND last_hour >= %(start)s
+    GROUP BY uid"""
+
+
+def _windowed(users: str, months: str) -> str:
+    """The exact window totals of the users (uid) in the relation `users`: a few index probes each."""
+    return f"""
+    SELECT s.uid, m.user_id, m.last_hour, m.last_event_at,
            m.events - coalesce(b.cum_events, 0) - coalesce(f.events, 0) AS events,
            m.requests - coalesce(b.cum_requests, 0) - coalesce(f.requests, 0) AS requests,
            m.successes - coalesce(b.cum_successes, 0) - coalesce(f.successes, 0) AS successes,
@@ -171,41 +172,59 @@ def _windowed(users: str) -> str:
            m.duration_count - coalesce(b.cum_duration_count, 0) - coalesce(f.duration_count, 0) AS duration_count,
            m.duration_sum - coalesce(b.cum_duration_sum, 0) - coalesce(f.duration_sum, 0) AS duration_sum
     FROM {users} AS s
-    JOIN months AS m USING (uid)
-    LEFT JOIN future AS f USING (uid)
+    CROSS JOIN LATERAL (
+        SELECT user_id, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
+               sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
+               sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum,
+               max(last_hour) AS last_hour, max(last_event_at) AS last_event_at,
+               bool_or(month = %(first_month)s) AS in_first_month
+        FROM generation_user_metrics_monthly
+        WHERE uid = s.uid AND {months} AND last_hour >= %(start)s
+        GROUP BY user_id
+    ) AS m
+    LEFT JOIN future AS f ON f.uid = s.uid
     LEFT JOIN LATERAL (
         SELECT cum_events, cum_requests, cum_successes, cum_failures, cum_duration_count, cum_duration_sum
         FROM generation_user_metrics_hourly AS h
-        WHERE m.in_first_month AND m.last_hour >= %(start)s
-          AND h.uid = m.uid AND h.hour >= %(first_month_start)s AND h.hour < %(start)s
+        WHERE m.in_first_month AND h.uid = s.uid AND h.hour >= %(first_month_start)s AND h.hour < %(start)s
         ORDER BY h.hour DESC LIMIT 1
-    ) AS b ON true
-    WHERE m.last_hour >= %(start)s"""
+    ) AS b ON true"""
 
 
-TOP_USERS = f"""
-WITH months AS ({{months}}
-), future AS (
+@functools.cache
+def _top_users_sql(*, single: bool, order: UserOrder) -> str:
+    """ListTopUsers' query for a window inside one month (`single`) or across several, ranked by `order`.
+    In one month only that month is read, and only the hours ahead inside it are subtracted (at a month's
+    last hour, events stamped a few minutes ahead fall in the next month, which that month's rows never
+    added)."""
+    months, future_bound = (
+        ("month = %(first_month)s", " AND hour < %(months_end)s") if single else ("month >= %(first_month)s", "")
+    )
+    by = ORDER_COLUMNS[order]
+    return f"""
+WITH future AS (
     SELECT uid, sum(events)::bigint AS events, sum(total_requests)::bigint AS requests,
            sum(successful_generations)::bigint AS successes, sum(failed_generations)::bigint AS failures,
            sum(duration_count)::bigint AS duration_count, sum(duration_sum)::bigint AS duration_sum
-    FROM generation_user_metrics_hourly WHERE hour >= %(end)s{{future_bound}}
+    FROM generation_user_metrics_hourly WHERE hour >= %(end)s{future_bound}
     GROUP BY uid
-), cover AS ({COVER}
+), cover AS ({_bounds(months, single=single, order=order)}
 ), probed AS (
     SELECT uid FROM cover ORDER BY bound DESC LIMIT %(probe)s
-), probed_exact AS ({_windowed("probed")}
+), probed_exact AS ({_windowed("probed", months)}
 ), threshold AS (  -- -1 (everyone) until `limit` users of the window are known
     SELECT coalesce((
-        SELECT {{order}} FROM probed_exact WHERE events > 0
-        ORDER BY {{order}} DESC OFFSET %(limit)s - 1 LIMIT 1
+        SELECT {by} FROM probed_exact WHERE events > 0
+        ORDER BY {by} DESC OFFSET %(limit)s - 1 LIMIT 1
     ), -1) AS at_least
-), candidates AS (
-    SELECT uid FROM cover WHERE bound >= (SELECT at_least FROM threshold)
-), windowed AS ({_windowed("candidates")}
+), candidates AS (  -- the users who can still rank and are not computed yet
+    SELECT uid FROM cover
+    WHERE bound >= (SELECT at_least FROM threshold) AND uid NOT IN (SELECT uid FROM probed)
+), windowed AS (
+    SELECT * FROM probed_exact UNION ALL ({_windowed("candidates", months)})
 ), ranked AS (
     SELECT * FROM windowed WHERE events > 0  -- else nothing in the window
-    ORDER BY {{order}} DESC, user_id::text LIMIT %(limit)s
+    ORDER BY {by} DESC, user_id::text LIMIT %(limit)s
 )
 SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS successful_generations,
        r.failures AS failed_generations, r.duration_count, r.duration_sum,
@@ -214,10 +233,8 @@ SELECT r.user_id::text AS user_id, r.requests AS total_requests, r.successes AS 
            WHERE h.uid = r.uid AND h.hour < %(end)s ORDER BY h.hour DESC LIMIT 1
        ) END AS last_event_at
 FROM ranked AS r
-ORDER BY r.{{order}} DESC, r.user_id::text
+ORDER BY r.{by} DESC, r.user_id::text
 """
-# What ListTopUsers ranks by: a column of `windowed` (GPU time is the window's duration_sum).
-ORDER_COLUMNS = {UserOrder.REQUESTS: "requests", UserOrder.GPU_TIME: "duration_sum"}
 
 
 @dataclass
@@ -250,11 +267,8 @@ async def top_users(
     async with conn.cursor(row_factory=dict_row) as cur:
         first_month = window.start.date().replace(day=1)
         single = month_of(window.end - HOUR) == first_month
-        # Read one month only, subtract only the hours ahead inside it (at a month's last hour, events
-        # stamped a few minutes ahead fall in the next month, which that month's rows never added).
-        months, future_bound = (MONTHS_SINGLE, " AND hour < %(months_end)s") if single else (MONTHS_GROUPED, "")
         await cur.execute(
-            TOP_USERS.format(months=months, future_bound=future_bound, order=ORDER_COLUMNS[order]),
+            _top_users_sql(single=single, order=order),
             {
                 "start": window.start,
                 "end": window.end,
