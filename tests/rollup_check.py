@@ -290,24 +290,25 @@ def assert_error_groups_match_raw(dsn: str, raw: list[ref.Raw], uids: dict[int, 
             assert row[3:8] == (group[0].error_type or "", len(group), min(e.timestamp for e in group),
                                 max(e.timestamp for e in group), latest[1]), table  # fmt: skip
             assert {uids[uid] for uid in sketches.user_set([row[8]])} == {e.user_id for e in group}
-    totals = fetch(
-        dsn,
-        "SELECT day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
-        " FROM generation_error_group_totals_daily",
-    )
-    by_day = ref.group(
-        raw,
-        lambda e: (
-            (ref.day_of(e.timestamp), fingerprint(e.error_type or "", e.error_message or "")) if e.failed else None
-        ),
-    )
-    assert {r[:2] for r in totals} == set(by_day)
-    for row in totals:
-        group = by_day[row[:2]]
-        latest = max((e.timestamp, e.error_message or "") for e in group)
-        assert row[2:7] == (group[0].error_type or "", len(group), min(e.timestamp for e in group),
-                            max(e.timestamp for e in group), latest[1])  # fmt: skip
-        assert {uids[uid] for uid in sketches.user_set([row[7]])} == {e.user_id for e in group}
+    for table, period in (("hourly", lambda e: e.hour), ("daily", lambda e: ref.day_of(e.timestamp))):
+        totals = fetch(
+            dsn,
+            f"SELECT {'hour' if table == 'hourly' else 'day'}, fingerprint, error_type, failures, first_seen,"
+            f" last_seen, sample_message, user_bitmap FROM generation_error_group_totals_{table}",
+        )
+        by_period = ref.group(
+            raw,
+            lambda e, period=period: (  # type: ignore[misc]
+                (period(e), fingerprint(e.error_type or "", e.error_message or "")) if e.failed else None
+            ),
+        )
+        assert {r[:2] for r in totals} == set(by_period), table
+        for row in totals:
+            group = by_period[row[:2]]
+            latest = max((e.timestamp, e.error_message or "") for e in group)
+            assert row[2:7] == (group[0].error_type or "", len(group), min(e.timestamp for e in group),
+                                max(e.timestamp for e in group), latest[1]), table  # fmt: skip
+            assert {uids[uid] for uid in sketches.user_set([row[7]])} == {e.user_id for e in group}
 
 
 TOP_USERS = 1_000  # the most ListTopUsers answers

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from generation_analytics.questions import ErrorGroupsQuestion
 from generation_analytics.service.db import sync_pool
 from generation_analytics.service.fingerprints import RULES_VERSION, fingerprint
-from generation_analytics.service.migrate import load_migrations, migrate
+from generation_analytics.service.migrate import _error_group_hour_totals, load_migrations, migrate
 from generation_analytics.service.pipeline.aggregate import PARTS, Aggregator
 from generation_analytics.service.queries.page_tokens import PageTokens
 from generation_analytics.service.queries.window import window
@@ -279,6 +279,7 @@ def test_failures_stored_without_a_fingerprint_get_one_from_aggregation(live_ser
         conn.execute("DELETE FROM generation_error_group_metrics_hourly")
         conn.execute("DELETE FROM generation_error_group_metrics_daily")
         conn.execute("DELETE FROM generation_error_group_totals_daily")
+        conn.execute("DELETE FROM generation_error_group_totals_hourly")
         conn.execute(
             "INSERT INTO generation_dirty_hours (hour, version) SELECT date_trunc('hour', %s::timestamptz), 0",
             (when,),
@@ -488,3 +489,37 @@ def test_migration_0010_regroups_the_failures_already_stored(empty_db_dsn: str, 
     assert_error_groups_match_raw(empty_db_dsn, raw, uids)
     assert groups == [(fingerprint("Timeout", "Timeout after 1s on worker 1"), 3),
                       (fingerprint("Timeout", "something else entirely"), 1)]  # fmt: skip
+
+
+def test_migration_0017_merges_the_hours_aggregated_before_it(live_server: LiveServer) -> None:
+    """0017's data step builds the rows per error group and hour of hours aggregated before it: the same rows
+    aggregation writes (failures of one group over three checkpoints and two hours, another group, ties)."""
+    base = now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    sent = [
+        make_event("completion", timestamp=base + timedelta(hours=i % 2, minutes=i % 3), success=False,
+                   error_type="Timeout", error_message=f"Timeout after {i}s on worker {i}",
+                   model_checkpoint=MODELS[i % 3], user_id=USERS[i % 4])
+        for i in range(12)
+    ] + [
+        make_event("completion", timestamp=base + timedelta(minutes=5), success=False, error_type="OOM",
+                   error_message="out of memory", user_id=USERS[5])
+    ]  # fmt: skip
+    load(live_server, sent)
+    dsn = live_server.settings.postgres.dsn
+    query = (
+        "SELECT hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
+        " FROM generation_error_group_totals_hourly ORDER BY hour, fingerprint"
+    )
+    with psycopg.connect(dsn) as conn:
+        aggregated = conn.execute(query).fetchall()
+        conn.execute("DELETE FROM generation_error_group_totals_hourly")  # as the database was before 0017
+        _error_group_hour_totals(conn)
+        rebuilt = conn.execute(query).fetchall()
+        uids: dict[int, str] = dict(conn.execute("SELECT uid, user_id::text FROM generation_users").fetchall())
+    assert [row[:4] for row in aggregated] == sorted(
+        [(base, fingerprint("Timeout", "Timeout after 1s on worker 1"), "Timeout", 6),
+         (base, fingerprint("OOM", "out of memory"), "OOM", 1),
+         (base + HOUR, fingerprint("Timeout", "Timeout after 1s on worker 1"), "Timeout", 6)]
+    )  # fmt: skip
+    assert rebuilt == aggregated
+    assert_error_groups_match_raw(dsn, ref.load(dsn), uids)

@@ -103,8 +103,23 @@ def _overall_days(conn: psycopg.Connection[Any]) -> None:
     log.info("migration 0015: built the daily rows of %d days", len(days))
 
 
+def _error_group_hour_totals(conn: psycopg.Connection[Any]) -> None:
+    """0017: the rows per error group and hour of every hour with rows per checkpoint, built by aggregation's
+    own code (a day at a time: SQL cannot union user sets)."""
+    rows = conn.execute("SELECT DISTINCT hour FROM generation_error_group_metrics_hourly ORDER BY hour")
+    hours = [row[0] for row in rows.fetchall()]
+    with conn.cursor() as cur:
+        for first in range(0, len(hours), 24):
+            rollups.write_group_hour_totals(cur, hours[first : first + 24])
+    log.info("migration 0017: merged the error groups of %d hours over their checkpoints", len(hours))
+
+
 # Conversions SQL cannot do, run right after the migration of the same version, in its transaction.
-DATA_STEPS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _roaring_user_sets, 15: _overall_days}
+DATA_STEPS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {
+    5: _roaring_user_sets,
+    15: _overall_days,
+    17: _error_group_hour_totals,
+}
 
 
 def migrate(dsn: str, *, folder: Path | None = None) -> list[int]:

@@ -9,7 +9,7 @@ hourly rows changed, summed from the hourly rows, under the rollup lock.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
@@ -344,9 +344,38 @@ INSERT INTO touched_days SELECT DISTINCT 'group', {DAY_OF_HOUR}, key FROM new
 """
 
 
+# Error groups over all checkpoints per hour, merged from the hourly rows per checkpoint of the same hours.
+SELECT_GROUP_HOUR_SETS = """
+SELECT hour, fingerprint, user_bitmap FROM generation_error_group_metrics_hourly
+WHERE hour = ANY(%(hours)s::timestamptz[])
+"""
+DELETE_GROUP_HOUR_TOTALS = "DELETE FROM generation_error_group_totals_hourly WHERE hour = ANY(%(hours)s::timestamptz[])"
+INSERT_GROUP_HOUR_TOTALS = """
+WITH hours AS (
+    SELECT * FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
+)
+INSERT INTO generation_error_group_totals_hourly (
+    hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+SELECT s.hour, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
+       coalesce(x.bitmap, ''::bytea)
+FROM (
+    SELECT hour, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM hours GROUP BY 1, 2
+) AS s
+JOIN (
+    SELECT DISTINCT ON (hour, fingerprint) hour, fingerprint, sample_message FROM hours
+    ORDER BY hour, fingerprint, last_seen DESC, sample_message DESC
+) AS m USING (hour, fingerprint)
+LEFT JOIN unnest(%(set_hours)s::timestamptz[], %(set_keys)s::text[], %(sets)s::bytea[])
+    AS x(hour, fingerprint, bitmap) USING (hour, fingerprint)
+"""
+
+
 def write_error_groups(cur: Cursor, params: dict[str, Any]) -> None:
-    """Hourly rows per error group and checkpoint, replaced with their hours (fill_fingerprints first);
-    records the (day, key) pairs they touched (after write_dimensions, which creates touched_days)."""
+    """Hourly rows per error group and checkpoint, replaced with their hours (fill_fingerprints first), and
+    per error group over all checkpoints; records the (day, key) pairs they touched (after write_dimensions,
+    which creates touched_days)."""
     cur.execute(SELECT_GROUP_UIDS)
     hours, keys, models, sets = [], [], [], []
     for hour, key, model, uids in cur.fetchall():
@@ -356,6 +385,24 @@ def write_error_groups(cur: Cursor, params: dict[str, Any]) -> None:
         sets.append(sketches.bitmap_of(uid for uid in uids if uid is not None))
     cur.execute(DELETE_GROUP_ROWS, params)
     cur.execute(INSERT_GROUP_ROWS, params | {"set_hours": hours, "set_keys": keys, "set_models": models, "sets": sets})
+    write_group_hour_totals(cur, params["hours"])
+
+
+def write_group_hour_totals(cur: Cursor, hours: list[datetime]) -> None:
+    """Replace generation_error_group_totals_hourly's rows of `hours` with their rows per checkpoint merged
+    (an hour without such rows keeps none)."""
+    cur.execute(SELECT_GROUP_HOUR_SETS, {"hours": hours})
+    sets = sketches.union_groups(((hour, key), blob) for hour, key, blob in cur.fetchall())
+    cur.execute(DELETE_GROUP_HOUR_TOTALS, {"hours": hours})
+    cur.execute(
+        INSERT_GROUP_HOUR_TOTALS,
+        {
+            "hours": hours,
+            "set_hours": [k[0] for k in sets],
+            "set_keys": [k[1] for k in sets],
+            "sets": list(sets.values()),
+        },
+    )
 
 
 def write_dimensions(cur: Cursor, params: dict[str, Any]) -> None:

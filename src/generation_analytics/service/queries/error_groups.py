@@ -1,6 +1,7 @@
 """Error groups: the window's failed completions by fingerprint (fingerprints.py), most failures first,
-read from generation_error_group_metrics_daily (whole UTC days) and _hourly (the partial first and last
-days); filtered by checkpoint and error type, paged by a signed keyset token (count, fingerprint)."""
+read from the daily rollups (whole UTC days) and the hourly ones (the partial first and last days): per
+checkpoint, or over all checkpoints when the question names none; filtered by checkpoint and error type,
+paged by a signed keyset token (count, fingerprint)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ UNION ALL
 SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
 WHERE ({SPLIT_HOURS}) AND {{filters}}
 """
-# The same over all checkpoints (no checkpoint filter): whole days from the daily totals per group.
+# The same over all checkpoints (no checkpoint filter): the totals per group, daily and hourly (one row per
+# group and hour instead of one per checkpoint: ~8x fewer rows and user sets for the partial days).
 ALL_CHECKPOINTS = f"""
 SELECT day, '' AS model_checkpoint, {_COLUMNS} FROM generation_error_group_totals_daily
 WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
 UNION ALL
-SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
+SELECT (hour AT TIME ZONE 'UTC')::date, '' AS model_checkpoint, {_COLUMNS} FROM generation_error_group_totals_hourly
 WHERE ({SPLIT_HOURS}) AND {{filters}}
 """
 # The groups of the window, ranked; one page of them after the keyset position, and how many there are.
