@@ -205,9 +205,13 @@ async def list_error_groups(
                     message,
                     bitmaps,
                 )
-            await plain.execute(sql.SQL(GROUP_CHECKPOINTS).format(rows=checkpoint_rows), params | keys)
-            for key, model, failures in await plain.fetchall():
-                details[key].checkpoints[model] += failures
+            if filters.model_checkpoint:  # every failure counted is of that checkpoint
+                for row in page:
+                    details[row["fingerprint"]].checkpoints[filters.model_checkpoint] = row["count"]
+            else:
+                await plain.execute(sql.SQL(GROUP_CHECKPOINTS).format(rows=checkpoint_rows), params | keys)
+                for key, model, failures in await plain.fetchall():
+                    details[key].checkpoints[model] += failures
     next_token = ""
     if len(rows) > page_size:
         last = page[-1]
