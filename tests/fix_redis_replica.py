@@ -133,6 +133,18 @@ class RedisGroup:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.front.port}/0"
 
+    def wait_replicated(self, timeout_s: float = 10.0) -> None:
+        """Return once both replicas hold every write the master has taken so far: a marker written, then
+        WAIT on the same connection (it counts the replicas that reached that connection's last write; the
+        replication stream is ordered, so every earlier write of any client is there too)."""
+        client = redis.Redis(port=self.pair.master_port)
+        try:
+            client.set("ga-test:replication-marker", time.time())
+            reached = client.wait(len(self.replica_ports), int(timeout_s * 1000))
+        finally:
+            client.close()
+        assert reached == len(self.replica_ports), f"{reached} of {len(self.replica_ports)} replicas caught up"
+
     def fail_over(self) -> None:
         """Kill the master; promote the most caught-up replica, re-point the other, move the address."""
         master = self.pair.processes.pop("master")
@@ -214,10 +226,11 @@ def record_through_a_failover(
     try:
         producer = Producer(server)
         time.sleep(0.5)
-        # Labelled a little before the links stop: an event acknowledged just before may still be on its way
-        # to the replicas (the proxies run in this busy process), and is lost with the master like the rest.
+        # Labelled before the links stop, and the links stop only once the replicas hold everything the
+        # master took before the label: an event acknowledged "before" can never be lost (a fixed pause
+        # here was not enough on a loaded machine: the proxies run in this busy process).
         producer.phase = "held back"
-        time.sleep(0.3)
+        group.wait_replicated()
         for link in group.links:
             link.pause()  # replication stops here: what the master takes now exists only on the master
         time.sleep(phase_s)
