@@ -14,6 +14,8 @@ CREATE TABLE generation_error_group_totals_hourly (
     last_seen        timestamptz NOT NULL,
     sample_message   text        NOT NULL,
     user_bitmap      bytea       NOT NULL DEFAULT ''::bytea,
+    -- Failures per checkpoint ('' for none), so that a page's checkpoint lists need no rows per checkpoint.
+    checkpoint_failures jsonb    NOT NULL DEFAULT '{}'::jsonb,
     PRIMARY KEY (hour, fingerprint)
 );
 CREATE INDEX generation_error_group_totals_hourly_fingerprint_idx
@@ -25,3 +27,9 @@ COMMENT ON TABLE generation_error_group_totals_hourly IS
 -- of the window's days: ~8x what it keeps with 8 checkpoints).
 CREATE INDEX generation_error_group_metrics_daily_checkpoint_idx
     ON generation_error_group_metrics_daily (model_checkpoint, day);
+
+-- The daily totals keep their failures per checkpoint too (filled for the days aggregated before this migration
+-- by its data step, from the daily rows per checkpoint).
+ALTER TABLE generation_error_group_totals_daily ADD COLUMN checkpoint_failures jsonb NOT NULL DEFAULT '{}'::jsonb;
+COMMENT ON COLUMN generation_error_group_totals_daily.checkpoint_failures IS
+    'Failures per checkpoint ("" for none) of the group on the day: its rows in generation_error_group_metrics_daily.';

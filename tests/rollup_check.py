@@ -4,6 +4,7 @@ generation_events."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -294,7 +295,7 @@ def assert_error_groups_match_raw(dsn: str, raw: list[ref.Raw], uids: dict[int, 
         totals = fetch(
             dsn,
             f"SELECT {'hour' if table == 'hourly' else 'day'}, fingerprint, error_type, failures, first_seen,"
-            f" last_seen, sample_message, user_bitmap FROM generation_error_group_totals_{table}",
+            f" last_seen, sample_message, user_bitmap, checkpoint_failures FROM generation_error_group_totals_{table}",
         )
         by_period = ref.group(
             raw,
@@ -309,6 +310,7 @@ def assert_error_groups_match_raw(dsn: str, raw: list[ref.Raw], uids: dict[int, 
             assert row[2:7] == (group[0].error_type or "", len(group), min(e.timestamp for e in group),
                                 max(e.timestamp for e in group), latest[1]), table  # fmt: skip
             assert {uids[uid] for uid in sketches.user_set([row[7]])} == {e.user_id for e in group}
+            assert row[8] == Counter(e.model_checkpoint or "" for e in group), table
 
 
 TOP_USERS = 1_000  # the most ListTopUsers answers

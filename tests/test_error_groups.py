@@ -507,14 +507,17 @@ def test_migration_0017_merges_the_hours_aggregated_before_it(live_server: LiveS
     load(live_server, sent)
     dsn = live_server.settings.postgres.dsn
     query = (
-        "SELECT hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap"
-        " FROM generation_error_group_totals_hourly ORDER BY hour, fingerprint"
+        "SELECT hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap,"
+        " checkpoint_failures FROM generation_error_group_totals_hourly ORDER BY hour, fingerprint"
     )
+    days = "SELECT day, fingerprint, checkpoint_failures FROM generation_error_group_totals_daily ORDER BY 1, 2"
     with psycopg.connect(dsn) as conn:
-        aggregated = conn.execute(query).fetchall()
-        conn.execute("DELETE FROM generation_error_group_totals_hourly")  # as the database was before 0017
+        aggregated, aggregated_days = conn.execute(query).fetchall(), conn.execute(days).fetchall()
+        # As the database was before 0017: no rows per hour, no failures per checkpoint in the daily totals.
+        conn.execute("DELETE FROM generation_error_group_totals_hourly")
+        conn.execute("UPDATE generation_error_group_totals_daily SET checkpoint_failures = '{}'")
         _error_group_hour_totals(conn)
-        rebuilt = conn.execute(query).fetchall()
+        rebuilt, rebuilt_days = conn.execute(query).fetchall(), conn.execute(days).fetchall()
         uids: dict[int, str] = dict(conn.execute("SELECT uid, user_id::text FROM generation_users").fetchall())
     assert [row[:4] for row in aggregated] == sorted(
         [(base, fingerprint("Timeout", "Timeout after 1s on worker 1"), "Timeout", 6),
@@ -522,4 +525,6 @@ def test_migration_0017_merges_the_hours_aggregated_before_it(live_server: LiveS
          (base + HOUR, fingerprint("Timeout", "Timeout after 1s on worker 1"), "Timeout", 6)]
     )  # fmt: skip
     assert rebuilt == aggregated
+    assert rebuilt_days == aggregated_days
+    assert {k: v for _, _, counts in aggregated_days for k, v in counts.items()}.keys() == {*MODELS[:3], ""}
     assert_error_groups_match_raw(dsn, ref.load(dsn), uids)

@@ -105,12 +105,13 @@ def _overall_days(conn: psycopg.Connection[Any]) -> None:
 
 def _error_group_hour_totals(conn: psycopg.Connection[Any]) -> None:
     """0017: the rows per error group and hour of every hour with rows per checkpoint, built by aggregation's
-    own code (a day at a time: SQL cannot union user sets)."""
+    own code (a day at a time: SQL cannot union user sets), and the daily totals' failures per checkpoint."""
     rows = conn.execute("SELECT DISTINCT hour FROM generation_error_group_metrics_hourly ORDER BY hour")
     hours = [row[0] for row in rows.fetchall()]
     with conn.cursor() as cur:
         for first in range(0, len(hours), 24):
             rollups.write_group_hour_totals(cur, hours[first : first + 24])
+        cur.execute(rollups.FILL_TOTAL_DAY_CHECKPOINTS)
     log.info("migration 0017: merged the error groups of %d hours over their checkpoints", len(hours))
 
 

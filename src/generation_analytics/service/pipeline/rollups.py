@@ -355,12 +355,13 @@ WITH hours AS (
     SELECT * FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
 )
 INSERT INTO generation_error_group_totals_hourly (
-    hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+    hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap, checkpoint_failures)
 SELECT s.hour, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
-       coalesce(x.bitmap, ''::bytea)
+       coalesce(x.bitmap, ''::bytea), s.checkpoint_failures
 FROM (
     SELECT hour, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
-           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+           jsonb_object_agg(model_checkpoint, failures) AS checkpoint_failures
     FROM hours GROUP BY 1, 2
 ) AS s
 JOIN (
@@ -386,6 +387,18 @@ def write_error_groups(cur: Cursor, params: dict[str, Any]) -> None:
     cur.execute(DELETE_GROUP_ROWS, params)
     cur.execute(INSERT_GROUP_ROWS, params | {"set_hours": hours, "set_keys": keys, "set_models": models, "sets": sets})
     write_group_hour_totals(cur, params["hours"])
+
+
+# The failures per checkpoint of every daily total, from the daily rows per checkpoint (migration 0017).
+FILL_TOTAL_DAY_CHECKPOINTS = """
+UPDATE generation_error_group_totals_daily AS t
+SET checkpoint_failures = c.failures
+FROM (
+    SELECT day, fingerprint, jsonb_object_agg(model_checkpoint, failures) AS failures
+    FROM generation_error_group_metrics_daily GROUP BY 1, 2
+) AS c
+WHERE t.day = c.day AND t.fingerprint = c.fingerprint
+"""
 
 
 def write_group_hour_totals(cur: Cursor, hours: list[datetime]) -> None:
@@ -550,12 +563,13 @@ WITH days AS (
     JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint
 )
 INSERT INTO generation_error_group_totals_daily (
-    day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap)
+    day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap, checkpoint_failures)
 SELECT s.day, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
-       coalesce(x.bitmap, ''::bytea)
+       coalesce(x.bitmap, ''::bytea), s.checkpoint_failures
 FROM (
     SELECT day, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
-           min(first_seen) AS first_seen, max(last_seen) AS last_seen
+           min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+           jsonb_object_agg(model_checkpoint, failures) AS checkpoint_failures
     FROM days GROUP BY 1, 2
 ) AS s
 JOIN (

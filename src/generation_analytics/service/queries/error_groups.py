@@ -32,19 +32,21 @@ _COLUMNS = "fingerprint, error_type, failures, first_seen, last_seen, sample_mes
 # The window's rows per checkpoint: whole UTC days from the daily rollup, its partial first and last days
 # from the hourly one.
 PER_CHECKPOINT = f"""
-SELECT day, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_daily
+SELECT day, {_COLUMNS}, jsonb_build_object(model_checkpoint, failures) AS checkpoint_failures
+FROM generation_error_group_metrics_daily
 WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
 UNION ALL
-SELECT (hour AT TIME ZONE 'UTC')::date, model_checkpoint, {_COLUMNS} FROM generation_error_group_metrics_hourly
+SELECT (hour AT TIME ZONE 'UTC')::date, {_COLUMNS}, jsonb_build_object(model_checkpoint, failures)
+FROM generation_error_group_metrics_hourly
 WHERE ({SPLIT_HOURS}) AND {{filters}}
 """
 # The same over all checkpoints (no checkpoint filter): the totals per group, daily and hourly (one row per
 # group and hour instead of one per checkpoint: ~8x fewer rows and user sets for the partial days).
 ALL_CHECKPOINTS = f"""
-SELECT day, '' AS model_checkpoint, {_COLUMNS} FROM generation_error_group_totals_daily
+SELECT day, {_COLUMNS}, checkpoint_failures FROM generation_error_group_totals_daily
 WHERE day >= %(first_day)s AND day <= %(last_day)s AND {{filters}}
 UNION ALL
-SELECT (hour AT TIME ZONE 'UTC')::date, '' AS model_checkpoint, {_COLUMNS} FROM generation_error_group_totals_hourly
+SELECT (hour AT TIME ZONE 'UTC')::date, {_COLUMNS}, checkpoint_failures FROM generation_error_group_totals_hourly
 WHERE ({SPLIT_HOURS}) AND {{filters}}
 """
 # The groups of the window, ranked; one page of them after the keyset position, and how many there are.
@@ -61,15 +63,15 @@ LEFT JOIN LATERAL (
 ) AS g ON true
 """
 AFTER = "(count < %(count)s OR (count = %(count)s AND fingerprint > %(fingerprint)s))"
-# The page's groups, one row each: failures per day (the daily trend), the latest message and the user sets
-# of their rows (unioned in Python). Summed here rather than row by row in Python: a 30-day page of 50
-# groups has ~5,000 rows (bench.error_groups).
+# The page's groups, one row each: failures per day (the daily trend), the latest message, the user sets of
+# their rows (unioned in Python) and failures per checkpoint. Summed here rather than row by row in Python: a
+# 30-day page of 50 groups has ~1,900 rows over all checkpoints, ~15,000 per checkpoint (bench.error_groups).
 GROUP_DETAILS = """
 WITH r AS (
-    SELECT fingerprint, day, failures, last_seen, sample_message, user_bitmap FROM ({rows}) AS r
+    SELECT fingerprint, day, failures, last_seen, sample_message, user_bitmap, checkpoint_failures FROM ({rows}) AS r
     WHERE fingerprint = ANY(%(keys)s)
 )
-SELECT d.fingerprint, d.days, d.failures, l.sample_message, u.bitmaps
+SELECT d.fingerprint, d.days, d.failures, l.sample_message, u.bitmaps, c.checkpoints, c.failures
 FROM (
     SELECT fingerprint, array_agg(day ORDER BY day) AS days, array_agg(failures ORDER BY day) AS failures
     FROM (SELECT fingerprint, day, sum(failures)::bigint AS failures FROM r GROUP BY 1, 2) AS per_day
@@ -80,11 +82,14 @@ JOIN (
     ORDER BY fingerprint, last_seen DESC, sample_message DESC
 ) AS l USING (fingerprint)
 JOIN (SELECT fingerprint, array_agg(user_bitmap) AS bitmaps FROM r GROUP BY 1) AS u USING (fingerprint)
-"""
-# ... and their failures per checkpoint.
-GROUP_CHECKPOINTS = """
-SELECT fingerprint, model_checkpoint, sum(failures)::bigint FROM ({rows}) AS r
-WHERE fingerprint = ANY(%(keys)s) GROUP BY 1, 2
+JOIN (
+    SELECT fingerprint, array_agg(checkpoint) AS checkpoints, array_agg(failures) AS failures
+    FROM (
+        SELECT r.fingerprint, c.key AS checkpoint, sum(c.value::bigint)::bigint AS failures
+        FROM r, jsonb_each_text(r.checkpoint_failures) AS c GROUP BY 1, 2
+    ) AS per_checkpoint
+    GROUP BY 1
+) AS c USING (fingerprint)
 """
 
 
@@ -135,10 +140,8 @@ def _position(values: dict[str, Any], window: Window) -> tuple[int, str]:
     return checked_int(values["k"], 1), fingerprint
 
 
-def _rows(
-    window: Window, filters: ErrorGroupsQuestion, *, per_checkpoint: bool
-) -> tuple[sql.Composable, dict[str, Any]]:
-    """The window's rows (per checkpoint, or over all checkpoints when the question names none) with the
+def _rows(window: Window, filters: ErrorGroupsQuestion) -> tuple[sql.Composable, dict[str, Any]]:
+    """The window's rows (per checkpoint when the question names one, else over all checkpoints) with the
     filters the question sets, and their parameters."""
     params: dict[str, Any] = dict(daily_split(window).params)
     clauses: list[sql.Composable] = [sql.SQL("TRUE")]
@@ -147,7 +150,7 @@ def _rows(
         if value:
             params[name] = value
             clauses.append(clause)
-    rows = PER_CHECKPOINT if per_checkpoint or filters.model_checkpoint else ALL_CHECKPOINTS
+    rows = PER_CHECKPOINT if filters.model_checkpoint else ALL_CHECKPOINTS
     return sql.SQL(rows).format(filters=sql.SQL(" AND ").join(clauses)), params
 
 
@@ -181,8 +184,7 @@ async def list_error_groups(
     after: tuple[int, str] | None = None
     if filters.page_token:
         window, after = tokens.read(filters.page_token, filters, window.days, _position)
-    rows_sql, params = _rows(window, filters, per_checkpoint=False)
-    checkpoint_rows, _ = _rows(window, filters, per_checkpoint=True)
+    rows_sql, params = _rows(window, filters)
     ranked = sql.SQL(RANKED_GROUPS).format(rows=rows_sql, after=sql.SQL(AFTER if after else "TRUE"))
     params |= {"limit": page_size + 1}
     if after:
@@ -198,20 +200,14 @@ async def list_error_groups(
         keys = {"keys": [row["fingerprint"] for row in page]}
         async with conn.cursor(binary=True) as plain:  # binary: the user sets come as bytes, not hex text
             await plain.execute(sql.SQL(GROUP_DETAILS).format(rows=rows_sql), params | keys)
-            for key, days, failures, message, bitmaps in await plain.fetchall():
+            for key, days, failures, message, bitmaps, checkpoints, counts in await plain.fetchall():
                 group = details[key]
                 group.days, group.sample_message, group.bitmaps = (
                     dict(zip(days, failures, strict=True)),
                     message,
                     bitmaps,
                 )
-            if filters.model_checkpoint:  # every failure counted is of that checkpoint
-                for row in page:
-                    details[row["fingerprint"]].checkpoints[filters.model_checkpoint] = row["count"]
-            else:
-                await plain.execute(sql.SQL(GROUP_CHECKPOINTS).format(rows=checkpoint_rows), params | keys)
-                for key, model, failures in await plain.fetchall():
-                    details[key].checkpoints[model] += failures
+                group.checkpoints = Counter(dict(zip(checkpoints, counts, strict=True)))
     next_token = ""
     if len(rows) > page_size:
         last = page[-1]
