@@ -262,3 +262,21 @@ def test_two_workers_and_a_server_aggregating_scattered_late_events_agree_with_r
             process.wait(30)
     assert_rollups_match_raw(settings.postgres.dsn)
     assert_queries_match_raw(settings.postgres.dsn)
+
+
+def test_a_running_worker_stops_on_sigterm(settings: Settings) -> None:
+    """A worker running its pipeline exits in order within seconds of SIGTERM (one once went on transferring
+    and aggregating 30 s after SIGTERM in the test above; see run_worker)."""
+    env = service_env(settings) | {"GA_LOG_LEVEL": "INFO"}  # its "running" line
+    with subprocess.Popen([CLI, "worker"], env=env, stderr=subprocess.PIPE, text=True) as worker:
+        try:
+            assert worker.stderr is not None
+            deadline = time.monotonic() + 60
+            while "pipeline worker running" not in worker.stderr.readline():
+                assert time.monotonic() < deadline and worker.poll() is None, "the worker did not start"
+            time.sleep(1)  # its jobs under way
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(20) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
