@@ -350,27 +350,38 @@ SELECT hour, fingerprint, user_bitmap FROM generation_error_group_metrics_hourly
 WHERE hour = ANY(%(hours)s::timestamptz[])
 """
 DELETE_GROUP_HOUR_TOTALS = "DELETE FROM generation_error_group_totals_hourly WHERE hour = ANY(%(hours)s::timestamptz[])"
-INSERT_GROUP_HOUR_TOTALS = """
-WITH hours AS (
-    SELECT * FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])
-)
-INSERT INTO generation_error_group_totals_hourly (
-    hour, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap, checkpoint_failures)
-SELECT s.hour, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
+
+
+def _insert_group_totals(*, table: str, period: str, rows: str, sets: str) -> str:
+    """Error groups over all checkpoints per `period` (hour or day) into `table`, merged from `rows` (rows per
+    checkpoint of the periods replaced); the user sets, unioned in Python, come as the arrays `sets`."""
+    return f"""
+WITH periods AS ({rows})
+INSERT INTO {table} (
+    {period}, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap,
+    checkpoint_failures)
+SELECT s.{period}, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
        coalesce(x.bitmap, ''::bytea), s.checkpoint_failures
 FROM (
-    SELECT hour, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
+    SELECT {period}, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
            min(first_seen) AS first_seen, max(last_seen) AS last_seen,
            jsonb_object_agg(model_checkpoint, failures) AS checkpoint_failures
-    FROM hours GROUP BY 1, 2
+    FROM periods GROUP BY 1, 2
 ) AS s
 JOIN (
-    SELECT DISTINCT ON (hour, fingerprint) hour, fingerprint, sample_message FROM hours
-    ORDER BY hour, fingerprint, last_seen DESC, sample_message DESC
-) AS m USING (hour, fingerprint)
-LEFT JOIN unnest(%(set_hours)s::timestamptz[], %(set_keys)s::text[], %(sets)s::bytea[])
-    AS x(hour, fingerprint, bitmap) USING (hour, fingerprint)
+    SELECT DISTINCT ON ({period}, fingerprint) {period}, fingerprint, sample_message FROM periods
+    ORDER BY {period}, fingerprint, last_seen DESC, sample_message DESC
+) AS m USING ({period}, fingerprint)
+LEFT JOIN unnest({sets}) AS x({period}, fingerprint, bitmap) USING ({period}, fingerprint)
 """
+
+
+INSERT_GROUP_HOUR_TOTALS = _insert_group_totals(
+    table="generation_error_group_totals_hourly",
+    period="hour",
+    rows="SELECT * FROM generation_error_group_metrics_hourly WHERE hour = ANY(%(hours)s::timestamptz[])",
+    sets="%(set_hours)s::timestamptz[], %(set_keys)s::text[], %(sets)s::bytea[]",
+)
 
 
 def write_error_groups(cur: Cursor, params: dict[str, Any]) -> None:
@@ -557,28 +568,13 @@ DELETE_TOTAL_DAYS = f"""
 DELETE FROM generation_error_group_totals_daily AS d USING ({TOUCHED_GROUPS}) AS t
 WHERE d.day = t.day AND d.fingerprint = t.fingerprint
 """
-INSERT_TOTAL_DAYS = f"""
-WITH days AS (
-    SELECT d.* FROM ({TOUCHED_GROUPS}) AS t
-    JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint
+INSERT_TOTAL_DAYS = _insert_group_totals(
+    table="generation_error_group_totals_daily",
+    period="day",
+    rows=f"""SELECT d.* FROM ({TOUCHED_GROUPS}) AS t
+    JOIN generation_error_group_metrics_daily AS d ON d.day = t.day AND d.fingerprint = t.fingerprint""",
+    sets="%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]",
 )
-INSERT INTO generation_error_group_totals_daily (
-    day, fingerprint, error_type, failures, first_seen, last_seen, sample_message, user_bitmap, checkpoint_failures)
-SELECT s.day, s.fingerprint, s.error_type, s.failures, s.first_seen, s.last_seen, m.sample_message,
-       coalesce(x.bitmap, ''::bytea), s.checkpoint_failures
-FROM (
-    SELECT day, fingerprint, min(error_type) AS error_type, sum(failures) AS failures,
-           min(first_seen) AS first_seen, max(last_seen) AS last_seen,
-           jsonb_object_agg(model_checkpoint, failures) AS checkpoint_failures
-    FROM days GROUP BY 1, 2
-) AS s
-JOIN (
-    SELECT DISTINCT ON (day, fingerprint) day, fingerprint, sample_message FROM days
-    ORDER BY day, fingerprint, last_seen DESC, sample_message DESC
-) AS m USING (day, fingerprint)
-LEFT JOIN unnest(%(blob_days)s::date[], %(blob_keys)s::text[], %(blobs)s::bytea[]) AS x(day, fingerprint, bitmap)
-    USING (day, fingerprint)
-"""
 
 
 # The whole service's daily rows (generation_metrics_daily) of the given days, rebuilt from their hourly
